@@ -1,0 +1,1 @@
+"""Hatchway: stream Hatchet workflow runs to WebSocket clients, resumable and lossless."""
