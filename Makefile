@@ -5,7 +5,6 @@ SHELL := /bin/bash
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PORT   ?= 8000
 
 .PHONY: help install dev test lint format emulator lock clean
 
@@ -24,7 +23,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP) ## create .venv with Python 3.12 and every dependency (pinned by constraints.txt)
 
 dev: install ## run the local stack and print its URLs (Ctrl-C stops everything)
-	$(BIN)/hatchway dev --port $(PORT)
+	$(BIN)/hatchway dev
 
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest -q

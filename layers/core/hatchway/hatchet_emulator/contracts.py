@@ -55,6 +55,10 @@ def enum_value(enum_full_name: str, name: str) -> int:
     return int(_pool().FindEnumTypeByName(enum_full_name).values_by_name[name].number)
 
 
+def enum_name(enum_full_name: str, number: int) -> str:
+    return str(_pool().FindEnumTypeByName(enum_full_name).values_by_number[number].name)
+
+
 def sdk_file_set() -> descriptor_pb2.FileDescriptorSet:
     """Build the FileDescriptorSet from the installed hatchet-sdk (slow: imports the SDK)."""
     import importlib  # noqa: PLC0415 - only the regeneration path pays for the SDK import

@@ -1,0 +1,146 @@
+"""The ``hatchway`` command: one entry point, a subcommand per tool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from hatchway.observability import logger
+
+
+def _say(line: str) -> None:
+    """A line for the person or script reading stdout (logs go to stderr)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def _run_emulator(args: argparse.Namespace) -> None:
+    from hatchway.hatchet_emulator.server import HatchetEmulator  # noqa: PLC0415
+
+    emulator = HatchetEmulator(
+        grpc_port=args.port,
+        rest_port=args.rest_port,
+        worker_timeout_s=args.worker_timeout,
+        unknown_run_wait_s=args.unknown_run_wait,
+    )
+    async with emulator:
+        for name, value in emulator.settings().items():
+            _say(f"{name}={value}")
+        _say("ready")
+        await _until_signalled()
+
+
+def hatchet_emulator(args: argparse.Namespace) -> int:
+    asyncio.run(_run_emulator(args))
+    return 0
+
+
+def demo_worker(args: argparse.Namespace) -> int:
+    from hatchet_sdk import Hatchet  # noqa: PLC0415 - slow import, only this command needs it
+
+    from hatchway.demo.workflows import demo_worker as build_worker  # noqa: PLC0415
+
+    build_worker(Hatchet(), slots=args.slots).start()
+    return 0
+
+
+def _spawn(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own session: Ctrl-C reaches only us, and we stop the whole group ourselves.
+    return subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+async def _run_dev(args: argparse.Namespace) -> None:
+    from hatchway.hatchet_emulator.server import HatchetEmulator  # noqa: PLC0415
+
+    async with HatchetEmulator(grpc_port=args.hatchet_port) as emulator:
+        env = {**os.environ, **emulator.settings()}
+        worker = _spawn([sys.executable, "-m", "hatchway.cli", "demo-worker"], env)
+        try:
+            _say("Hatchway local stack")
+            _say(f"  Hatchet engine emulator (gRPC): {emulator.grpc_address}")
+            _say(f"  Hatchet emulator REST:          {emulator.server_url}")
+            _say("  demo worker: workflows demo-stream, demo-fail")
+            _say("  client settings for hatchet-sdk:")
+            for name, value in emulator.settings().items():
+                _say(f"    {name}={value}")
+            _say("ready")
+            await _until_signalled()
+        finally:
+            await asyncio.to_thread(_stop, worker)
+
+
+def dev(args: argparse.Namespace) -> int:
+    asyncio.run(_run_dev(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hatchway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    emulator = commands.add_parser(
+        "hatchet-emulator",
+        help="run the Hatchet engine emulator; prints HATCHET_CLIENT_* settings, then 'ready'",
+    )
+    emulator.add_argument("--port", type=int, default=7077, help="gRPC port (0: any free port)")
+    emulator.add_argument("--rest-port", type=int, default=0, help="REST port (0: any free port)")
+    emulator.add_argument(
+        "--worker-timeout", type=float, default=30.0,
+        help="seconds without heartbeat before a worker's tasks are reassigned",
+    )
+    emulator.add_argument(
+        "--unknown-run-wait", type=float, default=10.0,
+        help="seconds a subscription to an unknown run waits before NOT_FOUND",
+    )
+    emulator.set_defaults(handler=hatchet_emulator)
+
+    worker = commands.add_parser("demo-worker", help="run the demo workflows in a hatchet-sdk worker")
+    worker.add_argument("--slots", type=int, default=50)
+    worker.set_defaults(handler=demo_worker)
+
+    local = commands.add_parser("dev", help="run the local stack and print its URLs")
+    local.add_argument("--hatchet-port", type=int, default=0, help="emulator gRPC port (0: free)")
+    local.set_defaults(handler=dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as error:
+        logger.error("cannot start", error=str(error), command=args.command)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

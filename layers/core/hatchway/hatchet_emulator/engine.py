@@ -1,0 +1,718 @@
+"""The emulated Hatchet engine: workflows, runs, tasks, workers and event fan-out.
+
+This module knows nothing of gRPC or HTTP; the servicers in ``grpc_api`` and
+``rest_api`` translate the wire to these calls. Everything runs on one asyncio
+loop, so the state needs no locks. Semantics follow the real engine where
+Hatchway depends on them (see shared/notes/hatchet-engine.md):
+
+- stream events are live only: delivered to the subscriptions open at that
+  moment, never stored or replayed;
+- per task: STARTED, STREAM (with ``event_index``), COMPLETED / FAILED /
+  CANCELLED / TIMED_OUT; the run's end comes last as a WORKFLOW_RUN event with
+  ``hangup``;
+- a subscription to a run that already ended gets nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from hatchway.observability import logger
+
+
+
+class EngineError(Exception):
+    """A request the engine refuses; ``code`` names the gRPC status to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Status(StrEnum):
+    QUEUED = "QUEUED"
+    ASSIGNED = "ASSIGNED"  # sent to a worker, STARTED not seen yet
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """Hatchet's duration strings ("30s", "5m", "1h30m", "250ms") in seconds; None if empty."""
+    text = text.strip()
+    if not text:
+        return None
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise EngineError("INVALID_ARGUMENT", f"invalid duration {text!r}")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    readable_id: str
+    action: str
+    parents: tuple[str, ...] = ()
+    retries: int = 0
+    timeout_s: float | None = None
+    backoff_factor: float | None = None
+    backoff_max_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSpec:
+    name: str
+    tasks: dict[str, TaskSpec]
+    event_triggers: tuple[str, ...] = ()
+    workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    version_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(eq=False, slots=True)
+class TaskRun:
+    spec: TaskSpec
+    run: WorkflowRun
+    external_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: Status = Status.QUEUED
+    retry_count: int = 0
+    output: str | None = None  # JSON text as the worker sent it
+    error: str | None = None
+    worker_id: str | None = None
+    started_event_sent: bool = False
+    not_before: float = 0.0  # loop time before which a retry may not be assigned
+    timeout_handle: asyncio.TimerHandle | None = None
+    next_stream_index: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class WorkflowRun:
+    run_id: str
+    workflow: WorkflowSpec
+    input: dict[str, Any]
+    additional_metadata: dict[str, Any]
+    priority: int = 1
+    parent_run_id: str | None = None
+    parent_task_external_id: str | None = None
+    child_index: int | None = None
+    child_key: str | None = None
+    status: Status = Status.QUEUED
+    error: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    tasks: dict[str, TaskRun] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def output(self) -> dict[str, Any]:
+        return {
+            readable_id: json.loads(task.output)
+            for readable_id, task in self.tasks.items()
+            if task.output is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One WorkflowEvent as the engine emits it to run subscriptions."""
+
+    run_id: str
+    resource_type: str  # STEP_RUN | WORKFLOW_RUN
+    event_type: str  # STARTED | COMPLETED | FAILED | CANCELLED | TIMED_OUT | STREAM
+    resource_id: str
+    payload: str = ""
+    hangup: bool = False
+    event_index: int | None = None
+    retry_count: int | None = None
+    task_retries: int | None = None
+    at: datetime = field(default_factory=utcnow)
+
+
+class SubscriptionBroken:
+    """Put on a subscription's queue to end it as an engine restart would (UNAVAILABLE)."""
+
+
+BROKEN = SubscriptionBroken()
+
+
+@dataclass(eq=False, slots=True)
+class EventSubscription:
+    matches: Callable[[WorkflowRun], bool]
+    queue: asyncio.Queue[RunEvent | SubscriptionBroken] = field(default_factory=asyncio.Queue)
+    run_id: str | None = None  # a subscription to one run ends at that run's hangup
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    kind: str  # START_STEP_RUN | CANCEL_STEP_RUN
+    task: TaskRun
+
+
+@dataclass(eq=False, slots=True)
+class Worker:
+    worker_id: str
+    name: str
+    actions: frozenset[str]
+    slots: int
+    last_seen: float
+    assignments: asyncio.Queue[Assignment] = field(default_factory=asyncio.Queue)
+    running: set[str] = field(default_factory=set)  # task external ids holding a slot
+    listeners: int = 0
+    paused: bool = False
+
+    def can_take(self, action: str) -> bool:
+        return (
+            self.listeners > 0
+            and not self.paused
+            and action in self.actions
+            and len(self.running) < self.slots
+        )
+
+
+@dataclass(slots=True)
+class SubscriptionFaults:
+    """Fault injection for new run-event subscriptions (loop times)."""
+
+    refuse_until: float = 0.0
+    refuse_code: str = "UNAVAILABLE"
+    delay_s: float = 0.0
+    delay_until: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        tenant_id: str,
+        *,
+        worker_timeout_s: float = 30.0,
+        unknown_run_wait_s: float = 10.0,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.worker_timeout_s = worker_timeout_s
+        self.unknown_run_wait_s = unknown_run_wait_s
+        self.workflows: dict[str, WorkflowSpec] = {}
+        self.runs: dict[str, WorkflowRun] = {}
+        self.tasks: dict[str, TaskRun] = {}
+        self.workers: dict[str, Worker] = {}
+        self.faults = SubscriptionFaults()
+        self._queue: deque[TaskRun] = deque()
+        self._subscriptions: set[EventSubscription] = set()
+        self._run_created = asyncio.Condition()
+        self._children: dict[tuple[str, str], str] = {}  # (parent task, index or key) -> run id
+        self._janitor: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._janitor is None:
+            self._janitor = asyncio.get_running_loop().create_task(self._reap_silent_workers())
+
+    async def close(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            await asyncio.gather(self._janitor, return_exceptions=True)
+            self._janitor = None
+        for task in self.tasks.values():
+            self._clear_timeout(task)
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    # -- workflows and runs ------------------------------------------------------------
+
+    def put_workflow(self, spec: WorkflowSpec) -> WorkflowSpec:
+        for task in spec.tasks.values():
+            missing = [p for p in task.parents if p not in spec.tasks]
+            if missing:
+                raise EngineError("INVALID_ARGUMENT", f"{task.readable_id}: unknown parents {missing}")
+        previous = self.workflows.get(spec.name)
+        if previous is not None:  # same workflow id across versions, as the engine keeps it
+            spec = WorkflowSpec(
+                spec.name, spec.tasks, spec.event_triggers, workflow_id=previous.workflow_id
+            )
+        self.workflows[spec.name] = spec
+        return spec
+
+    async def trigger(
+        self,
+        name: str,
+        input_: dict[str, Any],
+        additional_metadata: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        parent_run_id: str | None = None,
+        parent_task_external_id: str | None = None,
+        child_index: int | None = None,
+        child_key: str | None = None,
+    ) -> WorkflowRun:
+        workflow = self.workflows.get(name)
+        if workflow is None:
+            raise EngineError("NOT_FOUND", f"workflow {name!r} is not registered")
+        child_slot = None
+        if parent_task_external_id is not None:
+            child_slot = (parent_task_external_id, child_key or str(child_index))
+            existing = self._children.get(child_slot)
+            if existing is not None:  # a retried spawn returns the child it already made
+                return self.runs[existing]
+        run = WorkflowRun(
+            run_id=str(uuid.uuid4()),
+            workflow=workflow,
+            input=input_,
+            additional_metadata=additional_metadata or {},
+            priority=priority or 1,
+            parent_run_id=parent_run_id,
+            parent_task_external_id=parent_task_external_id,
+            child_index=child_index,
+            child_key=child_key,
+        )
+        for spec in workflow.tasks.values():
+            task = TaskRun(spec=spec, run=run)
+            run.tasks[spec.readable_id] = task
+            self.tasks[task.external_id] = task
+        self.runs[run.run_id] = run
+        if child_slot is not None:
+            self._children[child_slot] = run.run_id
+        logger.debug("run created", run_id=run.run_id, workflow=name)
+        for task in run.tasks.values():
+            if not task.spec.parents:
+                self._enqueue(task)
+        self._dispatch()
+        async with self._run_created:
+            self._run_created.notify_all()
+        return run
+
+    async def push_event(
+        self, key: str, payload: dict[str, Any], additional_metadata: dict[str, Any]
+    ) -> str:
+        """An event pushed by a client: starts every workflow that has ``key`` as a trigger."""
+        for workflow in list(self.workflows.values()):
+            if key in workflow.event_triggers:
+                await self.trigger(workflow.name, payload, additional_metadata)
+        return str(uuid.uuid4())
+
+    async def wait_for_run(self, run_id: str, timeout_s: float) -> WorkflowRun | None:
+        """The run, waiting up to ``timeout_s`` for it to be created (as the engine does)."""
+
+        async def appeared() -> WorkflowRun:
+            async with self._run_created:
+                await self._run_created.wait_for(lambda: run_id in self.runs)
+            return self.runs[run_id]
+
+        if run_id in self.runs:
+            return self.runs[run_id]
+        try:
+            return await asyncio.wait_for(appeared(), timeout_s)
+        except TimeoutError:
+            return None
+
+    def get_run(self, run_id: str) -> WorkflowRun:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise EngineError("NOT_FOUND", f"workflow run {run_id!r} not found")
+        return run
+
+    def cancel_run(self, run_id: str) -> list[str]:
+        """Cancel a run; returns the external ids of the tasks it cancelled."""
+        run = self.get_run(run_id)
+        if run.status.is_final:
+            return []
+        cancelled = [task.external_id for task in run.tasks.values() if not task.status.is_final]
+        self._finish_run(run, Status.CANCELLED, "run was cancelled")
+        return cancelled
+
+    def cancel_tasks(self, external_ids: list[str]) -> list[str]:
+        """Cancel the runs of the given tasks (or runs), as the v1 cancel endpoint does."""
+        cancelled: list[str] = []
+        for external_id in external_ids:
+            task = self.tasks.get(external_id)
+            run_id = task.run.run_id if task is not None else external_id
+            if run_id in self.runs:
+                cancelled.extend(self.cancel_run(run_id))
+        return cancelled
+
+    # -- workers -----------------------------------------------------------------------
+
+    def register_worker(self, name: str, actions: list[str], slots: int) -> Worker:
+        worker = Worker(
+            worker_id=str(uuid.uuid4()),
+            name=name,
+            actions=frozenset(actions),
+            slots=max(slots, 1),
+            last_seen=self._now(),
+        )
+        self.workers[worker.worker_id] = worker
+        logger.debug("worker registered", worker_id=worker.worker_id, actions=sorted(actions))
+        return worker
+
+    def get_worker(self, worker_id: str) -> Worker:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise EngineError("NOT_FOUND", f"worker {worker_id!r} not found")
+        return worker
+
+    def listener_opened(self, worker: Worker) -> None:
+        worker.listeners += 1
+        worker.last_seen = self._now()
+        self._dispatch()
+
+    def listener_closed(self, worker: Worker) -> None:
+        worker.listeners = max(worker.listeners - 1, 0)
+
+    def heartbeat(self, worker_id: str) -> None:
+        self.get_worker(worker_id).last_seen = self._now()
+
+    def set_paused(self, worker_id: str, *, paused: bool) -> Worker:
+        worker = self.get_worker(worker_id)
+        worker.paused = paused
+        if not paused:
+            self._dispatch()
+        return worker
+
+    def remove_worker(self, worker_id: str) -> None:
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        for external_id in list(worker.running):
+            task = self.tasks[external_id]
+            if not task.status.is_final and task.worker_id == worker_id:
+                logger.info("requeueing task of a lost worker", task=external_id)
+                self._release(task)
+                task.status = Status.QUEUED
+                self._enqueue(task)
+        self._dispatch()
+
+    async def _reap_silent_workers(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.worker_timeout_s / 4))
+            deadline = self._now() - self.worker_timeout_s
+            for worker in list(self.workers.values()):
+                if worker.listeners == 0 and worker.last_seen < deadline:
+                    self.remove_worker(worker.worker_id)
+
+    # -- task events from workers --------------------------------------------------------
+
+    def _task_for_event(self, external_id: str, retry_count: int | None) -> TaskRun | None:
+        task = self.tasks.get(external_id)
+        if task is None:
+            raise EngineError("NOT_FOUND", f"task run {external_id!r} not found")
+        if task.status not in (Status.ASSIGNED, Status.RUNNING):
+            return None  # late event of an attempt that already ended: ignored
+        if retry_count is not None and retry_count != task.retry_count:
+            return None  # event of an earlier attempt
+        return task
+
+    def task_started(self, external_id: str, retry_count: int | None = None) -> None:
+        task = self._task_for_event(external_id, retry_count)
+        if task is None or task.started_event_sent:  # STARTED may arrive twice
+            return
+        task.status = Status.RUNNING
+        task.started_event_sent = True
+        run = task.run
+        if run.status is Status.QUEUED:
+            run.status = Status.RUNNING
+            run.started_at = utcnow()
+        self._emit(
+            RunEvent(
+                run.run_id, "STEP_RUN", "STARTED", external_id, retry_count=task.retry_count,
+                task_retries=task.spec.retries,
+            )
+        )
+
+    def task_completed(self, external_id: str, output: str, retry_count: int | None = None) -> None:
+        task = self._task_for_event(external_id, retry_count)
+        if task is None:
+            return
+        self.task_started(external_id, retry_count)  # STARTED can trail the result
+        task.status = Status.COMPLETED
+        task.output = output or "null"
+        self._release(task)
+        run = task.run
+        self._emit(
+            RunEvent(
+                run.run_id, "STEP_RUN", "COMPLETED", external_id, payload=task.output,
+                retry_count=task.retry_count, task_retries=task.spec.retries,
+            )
+        )
+        for child in run.tasks.values():
+            if (
+                child.status is Status.QUEUED
+                and task.spec.readable_id in child.spec.parents
+                and all(run.tasks[p].status is Status.COMPLETED for p in child.spec.parents)
+            ):
+                self._enqueue(child)
+        if all(t.status is Status.COMPLETED for t in run.tasks.values()):
+            self._finish_run(run, Status.COMPLETED)
+        self._dispatch()
+
+    def task_failed(
+        self,
+        external_id: str,
+        error: str,
+        retry_count: int | None = None,
+        *,
+        should_not_retry: bool = False,
+        retry_after_s: float = 0.0,
+    ) -> None:
+        task = self._task_for_event(external_id, retry_count)
+        if task is None:
+            return
+        self.task_started(external_id, retry_count)
+        self._end_attempt(
+            task, Status.FAILED, error, retryable=not should_not_retry, retry_after_s=retry_after_s
+        )
+
+    def task_cancelled_by_worker(self, external_id: str, retry_count: int | None = None) -> None:
+        task = self._task_for_event(external_id, retry_count)
+        if task is not None:  # the worker gave up on its own: the run is cancelled
+            self._finish_run(task.run, Status.CANCELLED, "task was cancelled by its worker")
+
+    def refresh_timeout(self, external_id: str, increment: str) -> datetime:
+        task = self.tasks.get(external_id)
+        if task is None:
+            raise EngineError("NOT_FOUND", f"task run {external_id!r} not found")
+        seconds = parse_duration(increment) or 0.0
+        handle = task.timeout_handle
+        if handle is not None and not task.status.is_final:
+            remaining = handle.when() - self._now() + seconds
+            self._arm_timeout(task, remaining)
+            return utcnow() + timedelta(seconds=remaining)
+        return utcnow()
+
+    def release_slot(self, external_id: str) -> None:
+        task = self.tasks.get(external_id)
+        if task is not None and task.worker_id in self.workers:
+            self.workers[task.worker_id].running.discard(external_id)
+            self._dispatch()
+
+    def put_stream(self, external_id: str, message: bytes, event_index: int | None) -> None:
+        task = self.tasks.get(external_id)
+        if task is None:
+            raise EngineError("NOT_FOUND", f"task run {external_id!r} not found")
+        if task.run.status.is_final:
+            return  # the run has hung up; nobody can receive this any more
+        if event_index is None:
+            event_index = task.next_stream_index
+        task.next_stream_index = event_index + 1
+        self._emit(
+            RunEvent(
+                task.run.run_id, "STEP_RUN", "STREAM", external_id,
+                payload=message.decode("utf-8", errors="replace"), event_index=event_index,
+                retry_count=task.retry_count,
+            )
+        )
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe_run(self, run: WorkflowRun) -> EventSubscription | None:
+        """A live subscription to one run; None when the run already ended (nothing to send)."""
+        if run.status.is_final:
+            return None
+        subscription = EventSubscription(matches=lambda r: r is run, run_id=run.run_id)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def subscribe_metadata(self, key: str, value: str) -> EventSubscription:
+        """Events of every run whose additional metadata has ``key == value``."""
+        subscription = EventSubscription(
+            matches=lambda r: str(r.additional_metadata.get(key)) == value
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: EventSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def subscription_count(self, run_id: str | None = None) -> int:
+        return sum(
+            1 for s in self._subscriptions if run_id is None or s.run_id == run_id
+        )
+
+    # -- fault hooks -------------------------------------------------------------------
+
+    def break_subscriptions(self, run_id: str | None = None) -> int:
+        """End every open subscription (of one run, or all) with UNAVAILABLE."""
+        broken = [s for s in self._subscriptions if run_id is None or s.run_id == run_id]
+        for subscription in broken:
+            self._subscriptions.discard(subscription)
+            subscription.queue.put_nowait(BROKEN)
+        return len(broken)
+
+    def refuse_subscriptions(self, seconds: float, code: str = "UNAVAILABLE") -> None:
+        self.faults.refuse_until = self._now() + seconds
+        self.faults.refuse_code = code
+
+    def delay_subscriptions(self, delay_s: float, for_seconds: float) -> None:
+        self.faults.delay_s = delay_s
+        self.faults.delay_until = self._now() + for_seconds
+
+    def clear_faults(self) -> None:
+        self.faults = SubscriptionFaults()
+
+    def subscription_fault(self) -> tuple[str | None, float]:
+        """(status code to refuse with or None, seconds to delay) for a new subscription."""
+        now = self._now()
+        code = self.faults.refuse_code if now < self.faults.refuse_until else None
+        delay = self.faults.delay_s if now < self.faults.delay_until else 0.0
+        return code, delay
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _emit(self, event: RunEvent) -> None:
+        run = self.runs[event.run_id]
+        for subscription in list(self._subscriptions):
+            if subscription.matches(run):
+                subscription.queue.put_nowait(event)
+                if event.hangup and subscription.run_id is not None:
+                    self._subscriptions.discard(subscription)
+
+    def _enqueue(self, task: TaskRun) -> None:
+        task.status = Status.QUEUED
+        task.worker_id = None
+        task.started_event_sent = False
+        self._queue.append(task)
+
+    def _dispatch(self) -> None:
+        waiting: deque[TaskRun] = deque()
+        now = self._now()
+        while self._queue:
+            task = self._queue.popleft()
+            if task.status is not Status.QUEUED:
+                continue
+            if task.not_before > now:
+                waiting.append(task)
+                asyncio.get_running_loop().call_at(task.not_before, self._dispatch)
+                continue
+            worker = next(
+                (w for w in self.workers.values() if w.can_take(task.spec.action)), None
+            )
+            if worker is None:
+                waiting.append(task)
+                continue
+            task.status = Status.ASSIGNED
+            task.worker_id = worker.worker_id
+            worker.running.add(task.external_id)
+            if task.spec.timeout_s is not None:
+                self._arm_timeout(task, task.spec.timeout_s)
+            worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
+        self._queue = waiting
+
+    def _arm_timeout(self, task: TaskRun, seconds: float) -> None:
+        self._clear_timeout(task)
+        task.timeout_handle = asyncio.get_running_loop().call_later(
+            max(seconds, 0.0), self._timed_out, task
+        )
+
+    @staticmethod
+    def _clear_timeout(task: TaskRun) -> None:
+        if task.timeout_handle is not None:
+            task.timeout_handle.cancel()
+            task.timeout_handle = None
+
+    def _timed_out(self, task: TaskRun) -> None:
+        task.timeout_handle = None
+        if task.status in (Status.ASSIGNED, Status.RUNNING):
+            self._send_cancel(task)
+            self._end_attempt(
+                task,
+                Status.TIMED_OUT,
+                f"task exceeded its execution timeout of {task.spec.timeout_s:g}s",
+                retryable=True,
+            )
+
+    def _end_attempt(
+        self,
+        task: TaskRun,
+        status: Status,
+        error: str,
+        *,
+        retryable: bool,
+        retry_after_s: float = 0.0,
+    ) -> None:
+        """A failed or timed-out attempt: retry it if allowed, else the run ends with ``status``."""
+        self._release(task)
+        run = task.run
+        self._emit(
+            RunEvent(
+                run.run_id, "STEP_RUN", status.value, task.external_id, payload=error,
+                retry_count=task.retry_count, task_retries=task.spec.retries,
+            )
+        )
+        if retryable and task.retry_count < task.spec.retries:
+            task.retry_count += 1
+            task.not_before = self._now() + (retry_after_s or self._backoff(task))
+            self._enqueue(task)
+            self._dispatch()
+            return
+        task.status = status
+        task.error = error
+        self._finish_run(run, status, error)
+
+    @staticmethod
+    def _backoff(task: TaskRun) -> float:
+        factor = task.spec.backoff_factor
+        if not factor:
+            return 0.0
+        delay: float = factor ** (task.retry_count - 1)
+        if task.spec.backoff_max_s:
+            delay = min(delay, task.spec.backoff_max_s)
+        return delay
+
+    def _release(self, task: TaskRun) -> None:
+        self._clear_timeout(task)
+        worker = self.workers.get(task.worker_id or "")
+        if worker is not None:
+            worker.running.discard(task.external_id)
+
+    def _send_cancel(self, task: TaskRun) -> None:
+        worker = self.workers.get(task.worker_id or "")
+        if worker is not None:
+            worker.assignments.put_nowait(Assignment("CANCEL_STEP_RUN", task))
+
+    def _finish_run(self, run: WorkflowRun, status: Status, error: str | None = None) -> None:
+        if run.status.is_final:
+            return
+        for task in run.tasks.values():
+            if task.status.is_final:
+                continue
+            if task.status in (Status.ASSIGNED, Status.RUNNING):
+                self._send_cancel(task)
+            self._release(task)
+            task.status = Status.CANCELLED
+            self._emit(RunEvent(run.run_id, "STEP_RUN", "CANCELLED", task.external_id))
+        run.status = status
+        run.error = error
+        run.finished_at = utcnow()
+        payload = json.dumps(run.output) if status is Status.COMPLETED else (error or "")
+        self._emit(
+            RunEvent(run.run_id, "WORKFLOW_RUN", status.value, run.run_id, payload, hangup=True)
+        )
+        run.done.set()
+        logger.debug("run finished", run_id=run.run_id, status=status.value)
+        self._dispatch()
+

@@ -1,0 +1,507 @@
+"""Hatchet's gRPC services (Dispatcher, EventsService, WorkflowService, v1 AdminService)
+served over the emulated engine.
+
+Handlers are registered generically from the service descriptors in
+``contracts``; a method without an implementation answers UNIMPLEMENTED, so an
+SDK feature the emulator lacks fails loudly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+from hatchway.observability import logger
+
+from . import contracts
+from .engine import (
+    BROKEN,
+    Assignment,
+    Engine,
+    EngineError,
+    EventSubscription,
+    RunEvent,
+    Status,
+    TaskSpec,
+    WorkflowRun,
+    WorkflowSpec,
+    parse_duration,
+)
+
+
+# The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
+# below v0.78.23 workers fall back to a legacy registration that it fails on
+# purpose; v0.111.0 enables retry_after_ms on failures, which the engine honours.
+ENGINE_VERSION = "v0.111.0"
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def _loads(text: str | bytes, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise EngineError("INVALID_ARGUMENT", f"not valid JSON: {error}") from error
+
+
+def _stamp(message: Any, field: str, when: datetime) -> None:
+    getattr(message, field).FromDatetime(when)
+
+
+def _optional(message: Any, field: str) -> Any:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+class HatchetServices:
+    """The gRPC face of one ``Engine``; ``handlers()`` plugs it into a grpc.aio server."""
+
+    def __init__(self, engine: Engine, token: str) -> None:
+        self.engine = engine
+        self._token = token
+        self._m = contracts.message
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        implementations: dict[str, dict[str, Any]] = {
+            "Dispatcher": {
+                "Register": self.register,
+                "Listen": self.listen,
+                "ListenV2": self.listen,
+                "Heartbeat": self.heartbeat,
+                "SubscribeToWorkflowEvents": self.subscribe_to_workflow_events,
+                "SubscribeToWorkflowRuns": self.subscribe_to_workflow_runs,
+                "SendStepActionEvent": self.send_step_action_event,
+                "SendGroupKeyActionEvent": self._ack("ActionEventResponse"),
+                "PutOverridesData": self._ack("OverridesDataResponse"),
+                "Unsubscribe": self.unsubscribe,
+                "RefreshTimeout": self.refresh_timeout,
+                "ReleaseSlot": self.release_slot,
+                "UpsertWorkerLabels": self.upsert_worker_labels,
+                "GetVersion": self.get_version,
+            },
+            "EventsService": {
+                "Push": self.push_event,
+                "BulkPush": self.bulk_push_events,
+                "PutLog": self._ack("PutLogResponse"),
+                "PutStreamEvent": self.put_stream_event,
+            },
+            "WorkflowService": {
+                "TriggerWorkflow": self.trigger_workflow,
+                "BulkTriggerWorkflow": self.bulk_trigger_workflow,
+                "PutRateLimit": self._ack("PutRateLimitResponse"),
+            },
+            "v1.AdminService": {
+                "PutWorkflow": self.put_workflow,
+                "CancelTasks": self.cancel_tasks,
+                "TriggerWorkflowRun": self.trigger_workflow_run,
+                "GetRunDetails": self.get_run_details,
+            },
+            "v1.V1Dispatcher": {},
+        }
+        return [self._service_handler(name, impls) for name, impls in implementations.items()]
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _service_handler(self, service_name: str, impls: dict[str, Any]) -> grpc.GenericRpcHandler:
+        service = contracts.service(service_name)
+        method_handlers = {}
+        for method in service.methods:
+            request = contracts.message(method.input_type.full_name)
+            response = contracts.message(method.output_type.full_name)
+            streaming = method.server_streaming
+            impl = impls.get(method.name) or self._unimplemented(method.full_name, streaming)
+            wrapped = self._guard_stream(impl) if streaming else self._guard_unary(impl)
+            if method.client_streaming and streaming:
+                make = grpc.stream_stream_rpc_method_handler
+            elif streaming:
+                make = grpc.unary_stream_rpc_method_handler
+            elif method.client_streaming:
+                make = grpc.stream_unary_rpc_method_handler
+            else:
+                make = grpc.unary_unary_rpc_method_handler
+            method_handlers[method.name] = make(
+                wrapped,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(service.full_name, method_handlers)
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        if not bearer_matches(str(metadata.get("authorization", "")), self._token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing token")
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, error: EngineError) -> None:
+        await context.abort(getattr(grpc.StatusCode, error.code), str(error))
+
+    def _guard_unary(self, impl: Unary) -> Unary:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._authorize(context)
+            try:
+                return await impl(request, context)
+            except EngineError as error:
+                await self._abort(context, error)
+
+        return handler
+
+    def _guard_stream(self, impl: Streaming) -> Streaming:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._authorize(context)
+            try:
+                async for response in impl(request, context):
+                    yield response
+            except EngineError as error:
+                await self._abort(context, error)
+
+        return handler
+
+    @staticmethod
+    def _unimplemented(name: str, streaming: bool) -> Any:
+        message = f"{name} is not implemented by the Hatchway Hatchet emulator"
+
+        async def unary(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        async def stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            yield  # pragma: no cover - makes this an async generator
+
+        return stream if streaming else unary
+
+    def _ack(self, response_name: str) -> Unary:
+        async def ack(_request: Any, _context: grpc.aio.ServicerContext) -> Any:
+            return self._m(response_name)()
+
+        return ack
+
+    # -- Dispatcher: workers -----------------------------------------------------------
+
+    async def get_version(self, _request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        return self._m("GetVersionResponse")(version=ENGINE_VERSION)
+
+    async def register(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        slots = _optional(request, "slots") or sum(request.slot_config.values()) or 100
+        worker = self.engine.register_worker(request.worker_name, list(request.actions), slots)
+        return self._m("WorkerRegisterResponse")(
+            tenant_id=self.engine.tenant_id, worker_id=worker.worker_id, worker_name=worker.name
+        )
+
+    async def listen(self, request: Any, _context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        worker = self.engine.get_worker(request.worker_id)
+        self.engine.listener_opened(worker)
+        try:
+            while True:
+                assignment = await worker.assignments.get()
+                yield self._assigned_action(assignment)
+        finally:
+            self.engine.listener_closed(worker)
+
+    def _assigned_action(self, assignment: Assignment) -> Any:
+        task = assignment.task
+        run = task.run
+        parents = {
+            parent: _loads(run.tasks[parent].output or "", {}) for parent in task.spec.parents
+        }
+        action = self._m("AssignedAction")(
+            tenant_id=self.engine.tenant_id,
+            workflow_run_id=run.run_id,
+            job_id=run.workflow.workflow_id,
+            job_name=run.workflow.name,
+            job_run_id=run.run_id,
+            task_id=task.spec.readable_id,
+            task_run_external_id=task.external_id,
+            action_id=task.spec.action,
+            action_type=contracts.enum_value("ActionType", assignment.kind),
+            action_payload=json.dumps({"input": run.input, "parents": parents}),
+            task_name=task.spec.readable_id,
+            retry_count=task.retry_count,
+            additional_metadata=json.dumps(run.additional_metadata),
+            priority=run.priority,
+            workflow_id=run.workflow.workflow_id,
+            workflow_version_id=run.workflow.version_id,
+        )
+        if run.parent_run_id is not None:
+            action.parent_workflow_run_id = run.parent_run_id
+        if run.child_index is not None:
+            action.child_workflow_index = run.child_index
+        if run.child_key is not None:
+            action.child_workflow_key = run.child_key
+        _stamp(action, "task_inserted_at", run.created_at)
+        return action
+
+    async def heartbeat(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        self.engine.heartbeat(request.worker_id)
+        return self._m("HeartbeatResponse")()
+
+    async def unsubscribe(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        self.engine.remove_worker(request.worker_id)
+        return self._m("WorkerUnsubscribeResponse")(
+            tenant_id=self.engine.tenant_id, worker_id=request.worker_id
+        )
+
+    async def upsert_worker_labels(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        return self._m("UpsertWorkerLabelsResponse")(
+            tenant_id=self.engine.tenant_id, worker_id=request.worker_id
+        )
+
+    async def send_step_action_event(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        kind = contracts.enum_name("StepActionEventType", request.event_type)
+        retry_count = _optional(request, "retry_count")
+        external_id = request.task_run_external_id
+        if kind == "STEP_EVENT_TYPE_STARTED":
+            self.engine.task_started(external_id, retry_count)
+        elif kind == "STEP_EVENT_TYPE_COMPLETED":
+            self.engine.task_completed(external_id, request.event_payload, retry_count)
+        elif kind == "STEP_EVENT_TYPE_FAILED":
+            self.engine.task_failed(
+                external_id,
+                request.event_payload,
+                retry_count,
+                should_not_retry=bool(_optional(request, "should_not_retry")),
+                retry_after_s=(_optional(request, "retry_after_ms") or 0) / 1000,
+            )
+        elif kind == "STEP_EVENT_TYPE_CANCELLED":
+            self.engine.task_cancelled_by_worker(external_id, retry_count)
+        return self._m("ActionEventResponse")(
+            tenant_id=self.engine.tenant_id, worker_id=request.worker_id
+        )
+
+    async def refresh_timeout(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        timeout_at = self.engine.refresh_timeout(
+            request.task_run_external_id, request.increment_timeout_by
+        )
+        response = self._m("RefreshTimeoutResponse")()
+        _stamp(response, "timeout_at", timeout_at)
+        return response
+
+    async def release_slot(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        self.engine.release_slot(request.task_run_external_id)
+        return self._m("ReleaseSlotResponse")()
+
+    # -- Dispatcher: subscriptions -----------------------------------------------------
+
+    async def subscribe_to_workflow_events(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        refuse_code, delay = self.engine.subscription_fault()
+        if delay:
+            await asyncio.sleep(delay)
+        if refuse_code is not None:
+            raise EngineError(refuse_code, "subscriptions are refused (fault injection)")
+        subscription: EventSubscription | None
+        run_id = _optional(request, "workflow_run_id")
+        if run_id:
+            run = await self.engine.wait_for_run(run_id, self.engine.unknown_run_wait_s)
+            if run is None:
+                raise EngineError("NOT_FOUND", f"workflow run {run_id!r} not found")
+            subscription = self.engine.subscribe_run(run)
+        elif request.HasField("additional_meta_key"):
+            subscription = self.engine.subscribe_metadata(
+                request.additional_meta_key, request.additional_meta_value
+            )
+        else:
+            raise EngineError("INVALID_ARGUMENT", "workflow_run_id or additional_meta_key is required")
+        if subscription is None:
+            return  # the run already ended: the real engine sends nothing and closes
+        try:
+            while True:
+                event = await subscription.queue.get()
+                if event is BROKEN:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "subscription broken")
+                assert isinstance(event, RunEvent)  # noqa: S101 - narrows the union for mypy
+                yield self._workflow_event(event)
+                if event.hangup and subscription.run_id is not None:
+                    return
+        finally:
+            self.engine.unsubscribe(subscription)
+
+    def _workflow_event(self, event: RunEvent) -> Any:
+        message = self._m("WorkflowEvent")(
+            workflow_run_id=event.run_id,
+            resource_type=contracts.enum_value("ResourceType", f"RESOURCE_TYPE_{event.resource_type}"),
+            event_type=contracts.enum_value("ResourceEventType", f"RESOURCE_EVENT_TYPE_{event.event_type}"),
+            resource_id=event.resource_id,
+            event_payload=event.payload,
+            hangup=event.hangup,
+        )
+        _stamp(message, "event_timestamp", event.at)
+        if event.event_index is not None:
+            message.event_index = event.event_index
+        if event.retry_count is not None:
+            message.retry_count = event.retry_count
+        if event.task_retries is not None:
+            message.task_retries = event.task_retries
+        return message
+
+    async def subscribe_to_workflow_runs(
+        self, request_iterator: AsyncIterator[Any], _context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        finished: asyncio.Queue[WorkflowRun] = asyncio.Queue()
+        watchers: set[asyncio.Task[None]] = set()
+
+        async def watch(run_id: str) -> None:
+            run = await self.engine.wait_for_run(run_id, self.engine.unknown_run_wait_s)
+            if run is None:
+                logger.warning("subscription to an unknown run", run_id=run_id)
+                return
+            await run.done.wait()
+            finished.put_nowait(run)
+
+        async def read_requests() -> None:
+            async for request in request_iterator:
+                watcher = asyncio.create_task(watch(request.workflow_run_id))
+                watchers.add(watcher)
+                watcher.add_done_callback(watchers.discard)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while True:
+                yield self._workflow_run_event(await finished.get())
+        finally:
+            reader.cancel()
+            for watcher in list(watchers):
+                watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def _workflow_run_event(self, run: WorkflowRun) -> Any:
+        event = self._m("WorkflowRunEvent")(
+            workflow_run_id=run.run_id,
+            event_type=contracts.enum_value("WorkflowRunEventType", "WORKFLOW_RUN_EVENT_TYPE_FINISHED"),
+        )
+        _stamp(event, "event_timestamp", run.finished_at or run.created_at)
+        for readable_id, task in run.tasks.items():
+            result = event.results.add(
+                task_run_external_id=task.external_id, task_name=readable_id, job_run_id=run.run_id
+            )
+            if task.status is Status.COMPLETED and task.output is not None:
+                result.output = task.output
+            elif task.error is not None:
+                result.error = task.error
+            elif task.status is Status.CANCELLED:
+                result.error = run.error or "cancelled"
+        return event
+
+    # -- events ------------------------------------------------------------------------
+
+    async def put_stream_event(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        self.engine.put_stream(
+            request.task_run_external_id, request.message, _optional(request, "event_index")
+        )
+        return self._m("PutStreamEventResponse")()
+
+    async def push_event(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        return await self._push(request)
+
+    async def bulk_push_events(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        return self._m("Events")(events=[await self._push(event) for event in request.events])
+
+    async def _push(self, request: Any) -> Any:
+        metadata = _loads(_optional(request, "additional_metadata") or "", {})
+        event_id = await self.engine.push_event(request.key, _loads(request.payload, {}), metadata)
+        event = self._m("Event")(
+            tenant_id=self.engine.tenant_id,
+            event_id=event_id,
+            key=request.key,
+            payload=request.payload,
+            additional_metadata=json.dumps(metadata),
+        )
+        _stamp(event, "event_timestamp", datetime.now().astimezone())
+        return event
+
+    # -- triggering and workflows ------------------------------------------------------
+
+    async def trigger_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        run = await self._trigger(request)
+        return self._m("TriggerWorkflowResponse")(workflow_run_id=run.run_id)
+
+    async def bulk_trigger_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        run_ids = [(await self._trigger(item)).run_id for item in request.workflows]
+        return self._m("BulkTriggerWorkflowResponse")(workflow_run_ids=run_ids)
+
+    async def _trigger(self, request: Any) -> WorkflowRun:
+        return await self.engine.trigger(
+            request.name,
+            _loads(request.input, {}),
+            _loads(_optional(request, "additional_metadata") or "", {}),
+            priority=_optional(request, "priority"),
+            parent_run_id=_optional(request, "parent_id"),
+            parent_task_external_id=_optional(request, "parent_task_run_external_id"),
+            child_index=_optional(request, "child_index"),
+            child_key=_optional(request, "child_key"),
+        )
+
+    async def trigger_workflow_run(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        run = await self.engine.trigger(
+            request.workflow_name,
+            _loads(request.input, {}),
+            _loads(request.additional_metadata, {}),
+            priority=_optional(request, "priority"),
+        )
+        return self._m("v1.TriggerWorkflowRunResponse")(external_id=run.run_id)
+
+    async def put_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        tasks = {
+            task.readable_id: TaskSpec(
+                readable_id=task.readable_id,
+                action=task.action,
+                parents=tuple(task.parents),
+                retries=task.retries,
+                timeout_s=parse_duration(task.timeout),
+                backoff_factor=_optional(task, "backoff_factor"),
+                backoff_max_s=_optional(task, "backoff_max_seconds"),
+            )
+            for task in request.tasks
+        }
+        spec = self.engine.put_workflow(
+            WorkflowSpec(name=request.name, tasks=tasks, event_triggers=tuple(request.event_triggers))
+        )
+        return self._m("v1.CreateWorkflowVersionResponse")(
+            id=spec.version_id, workflow_id=spec.workflow_id
+        )
+
+    async def cancel_tasks(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        cancelled = self.engine.cancel_tasks(list(request.external_ids))
+        return self._m("v1.CancelTasksResponse")(cancelled_tasks=cancelled)
+
+    async def get_run_details(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        run = self.engine.get_run(request.external_id)
+        response = self._m("v1.GetRunDetailsResponse")(
+            input=json.dumps(run.input).encode(),
+            status=contracts.enum_value("v1.RunStatus", run_status_name(run.status)),
+            done=run.status.is_final,
+            additional_metadata=json.dumps(run.additional_metadata).encode(),
+        )
+        for readable_id, task in run.tasks.items():
+            detail = response.task_runs[readable_id]
+            detail.external_id = task.external_id
+            detail.readable_id = readable_id
+            detail.status = contracts.enum_value("v1.RunStatus", run_status_name(task.status))
+            if task.output is not None:
+                detail.output = task.output.encode()
+            if task.error is not None:
+                detail.error = task.error
+        return response
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """``Authorization: Bearer <token>``; the SDK sends the scheme in lower case on gRPC."""
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and value == token
+
+
+def run_status_name(status: Status) -> str:
+    """The v1 API's view of a status: it has no ASSIGNED or TIMED_OUT."""
+    if status is Status.ASSIGNED:
+        return "QUEUED"
+    if status is Status.TIMED_OUT:
+        return "FAILED"
+    return status.value
