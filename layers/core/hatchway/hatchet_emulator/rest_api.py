@@ -5,6 +5,8 @@ emulator runs in another process.
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -52,7 +54,7 @@ def _task_summary(run: WorkflowRun, task: TaskRun, tenant_id: str) -> dict[str, 
         "taskId": 0,
         "taskInsertedAt": run.created_at.isoformat(),
         "displayName": task.spec.readable_id,
-        "stepId": task.spec.readable_id,
+        "stepId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{task.spec.readable_id}")),
         "actionId": task.spec.action,
         "status": run_status_name(task.status),
         "retryCount": task.retry_count,
@@ -61,7 +63,7 @@ def _task_summary(run: WorkflowRun, task: TaskRun, tenant_id: str) -> dict[str, 
         "workflowId": run.workflow.workflow_id,
         "workflowRunExternalId": run.run_id,
         "input": run.input,
-        "output": task.output,
+        "output": json.loads(task.output) if task.output is not None else None,
         "errorMessage": task.error,
         "additionalMetadata": run.additional_metadata,
         "createdAt": run.created_at.isoformat(),
