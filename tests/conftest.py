@@ -8,6 +8,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+# gRPC core logs every GOAWAY at INFO on stderr; tests stop servers on purpose.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
