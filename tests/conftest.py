@@ -20,11 +20,10 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = 15.0
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout_s)
-            return
-        except subprocess.TimeoutExpired:
-            pass
+    if process.poll() is not None:
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()

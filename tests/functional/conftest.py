@@ -53,7 +53,7 @@ def start_worker(settings: dict[str, str], log_path: Path) -> subprocess.Popen[b
 
 async def wait_for_worker(emulator: HatchetEmulator, timeout_s: float = 30.0) -> None:
     async def listening() -> None:
-        while not any(w.listeners for w in emulator.engine.workers.values()):
+        while not any(w.listeners for w in emulator.engine.workers.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(listening(), timeout_s)
@@ -110,4 +110,3 @@ async def raw_events(emulator: HatchetEmulator) -> AsyncIterator[RawEvents]:
     raw = RawEvents(emulator)
     yield raw
     await raw.close()
-

@@ -63,7 +63,9 @@ def clean_env(settings: dict[str, str]) -> dict[str, str]:
     return {**inherited, **settings, "PYTHONPATH": str(REPO_ROOT)}
 
 
-def control(settings: dict[str, str], method: str, path: str, body: object = None, token: str | None = None) -> tuple[int, object]:
+def control(
+    settings: dict[str, str], method: str, path: str, body: object = None, token: str | None = None
+) -> tuple[int, object]:
     request = urllib.request.Request(  # noqa: S310 - loopback URL from the emulator
         settings["HATCHET_CLIENT_SERVER_URL"] + path,
         method=method,
@@ -77,6 +79,17 @@ def control(settings: dict[str, str], method: str, path: str, body: object = Non
         return error.code, json.loads(error.read())
 
 
+def wait_for_registered_worker(settings: dict[str, str], timeout_s: float = 30.0) -> None:
+    """Workflows exist once their worker registered (as on Hatchet: trigger after deploy)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _status, state = control(settings, "GET", "/_emulator/state")
+        if isinstance(state, dict) and state["workers"] >= 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the worker did not register")
+
+
 def test_printed_settings_are_enough_for_an_unmodified_worker_and_client(
     emulator_process: tuple[subprocess.Popen[bytes], dict[str, str]], tmp_path: Path
 ) -> None:
@@ -86,14 +99,28 @@ def test_printed_settings_are_enough_for_an_unmodified_worker_and_client(
 
     worker = start_worker(clean_env(settings), tmp_path / "worker.log")
     try:
+        wait_for_registered_worker(settings)
         client = subprocess.run(
-            [sys.executable, "-m", "tests.functional.stream_client", "demo-stream",
-             json.dumps({"start_delay_seconds": 1.0, "pause_seconds": 0.005})],
-            env=clean_env(settings), cwd=tmp_path, capture_output=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.functional.stream_client",
+                "demo-stream",
+                json.dumps({"start_delay_seconds": 1.0, "pause_seconds": 0.005}),
+            ],
+            env=clean_env(settings),
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
     finally:
         stop_process_group(worker)
 
+    # On SIGTERM the worker pauses its assignments through the REST API first.
+    assert "task assignment paused" in (tmp_path / "worker.log").read_text()
+
+    assert client.returncode == 0, client.stderr.decode()[-3000:]
     lines = [json.loads(line) for line in client.stdout.decode().splitlines()]
     assert "".join(line["chunk"] for line in lines if "chunk" in line) == ANNA_KARENINA
     assert lines[-1] == {
@@ -108,9 +135,13 @@ def test_control_api_needs_the_token_and_restarts_the_engine(
     _process, settings = emulator_process
     assert control(settings, "GET", "/_emulator/state", token="wrong")[0] == 401
     assert control(settings, "GET", "/_emulator/state") == (
-        200, {"runs": 0, "workers": 0, "subscriptions": 0}
+        200,
+        {"runs": 0, "workers": 0, "subscriptions": 0},
     )
-    assert control(settings, "POST", "/_emulator/faults/subscriptions", {"refuseForSeconds": 5})[0] == 200
+    assert (
+        control(settings, "POST", "/_emulator/faults/subscriptions", {"refuseForSeconds": 5})[0]
+        == 200
+    )
     assert control(settings, "DELETE", "/_emulator/faults")[0] == 200
     assert control(settings, "GET", "/_emulator/runs/nope")[0] == 404
 

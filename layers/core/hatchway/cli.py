@@ -20,12 +20,14 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """Set on SIGINT or SIGTERM; install it before printing `ready`, so a signal
+    sent as soon as a caller sees `ready` is handled, not fatal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def _run_emulator(args: argparse.Namespace) -> None:
@@ -37,11 +39,12 @@ async def _run_emulator(args: argparse.Namespace) -> None:
         worker_timeout_s=args.worker_timeout,
         unknown_run_wait_s=args.unknown_run_wait,
     )
+    stop = _stop_on_signals()
     async with emulator:
         for name, value in emulator.settings().items():
             _say(f"{name}={value}")
         _say("ready")
-        await _until_signalled()
+        await stop.wait()
 
 
 def hatchet_emulator(args: argparse.Namespace) -> int:
@@ -79,6 +82,7 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 async def _run_dev(args: argparse.Namespace) -> None:
     from hatchway.hatchet_emulator.server import HatchetEmulator  # noqa: PLC0415
 
+    stop = _stop_on_signals()
     async with HatchetEmulator(grpc_port=args.hatchet_port) as emulator:
         env = {**os.environ, **emulator.settings()}
         worker = _spawn([sys.executable, "-m", "hatchway.cli", "demo-worker"], env)
@@ -91,7 +95,7 @@ async def _run_dev(args: argparse.Namespace) -> None:
             for name, value in emulator.settings().items():
                 _say(f"    {name}={value}")
             _say("ready")
-            await _until_signalled()
+            await stop.wait()
         finally:
             await asyncio.to_thread(_stop, worker)
 
@@ -112,16 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=7077, help="gRPC port (0: any free port)")
     emulator.add_argument("--rest-port", type=int, default=0, help="REST port (0: any free port)")
     emulator.add_argument(
-        "--worker-timeout", type=float, default=30.0,
+        "--worker-timeout",
+        type=float,
+        default=30.0,
         help="seconds without heartbeat before a worker's tasks are reassigned",
     )
     emulator.add_argument(
-        "--unknown-run-wait", type=float, default=10.0,
+        "--unknown-run-wait",
+        type=float,
+        default=10.0,
         help="seconds a subscription to an unknown run waits before NOT_FOUND",
     )
     emulator.set_defaults(handler=hatchet_emulator)
 
-    worker = commands.add_parser("demo-worker", help="run the demo workflows in a hatchet-sdk worker")
+    worker = commands.add_parser(
+        "demo-worker", help="run the demo workflows in a hatchet-sdk worker"
+    )
     worker.add_argument("--slots", type=int, default=50)
     worker.set_defaults(handler=demo_worker)
 

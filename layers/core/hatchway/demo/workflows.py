@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from importlib import resources
+from typing import Any
 
 from hatchet_sdk import Context, Hatchet, Worker
-from hatchet_sdk.runnables.workflow import Standalone
+from hatchet_sdk.runnables.workflow import BaseWorkflow
 from pydantic import BaseModel, Field
 
 ANNA_KARENINA = resources.files(__package__).joinpath("anna_karenina.txt").read_text("utf-8")
@@ -40,11 +41,11 @@ class FailInput(StreamInput):
     message: str = "demo-fail failed on purpose"
 
 
-class DemoFailure(Exception):
+class DemoFailedError(Exception):
     """Raised by demo-fail: the failure a user's task would report."""
 
 
-def build_demo_workflows(hatchet: Hatchet) -> list[Standalone[BaseModel, dict[str, int]]]:
+def build_demo_workflows(hatchet: Hatchet) -> list[BaseWorkflow[Any]]:
     @hatchet.task(name="demo-stream", input_validator=StreamInput)
     async def demo_stream(input: StreamInput, ctx: Context) -> dict[str, int]:  # noqa: A002
         await asyncio.sleep(input.start_delay_seconds)
@@ -61,9 +62,9 @@ def build_demo_workflows(hatchet: Hatchet) -> list[Standalone[BaseModel, dict[st
         for chunk in list(chunks(ANNA_KARENINA, input.chunk_size))[: input.chunks_before_failing]:
             await ctx.aio_put_stream(chunk)
             await asyncio.sleep(input.pause_seconds)
-        raise DemoFailure(input.message)
+        raise DemoFailedError(input.message)
 
-    return [demo_stream, demo_fail]  # type: ignore[list-item]
+    return [demo_stream, demo_fail]
 
 
 def demo_worker(hatchet: Hatchet, slots: int = 50) -> Worker:

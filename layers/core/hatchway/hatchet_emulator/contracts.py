@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
 CONTRACTS_FILE = "hatchet_contracts.binpb"
 
@@ -42,7 +42,7 @@ def _pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-def message(full_name: str) -> Any:
+def message(full_name: str) -> Any:  # noqa: ANN401 - classes built at run time
     """The message class for a fully qualified proto name, e.g. ``v1.GetRunDetailsRequest``."""
     return message_factory.GetMessageClass(_pool().FindMessageTypeByName(full_name))
 
@@ -66,7 +66,7 @@ def sdk_file_set() -> descriptor_pb2.FileDescriptorSet:
     file_set = descriptor_pb2.FileDescriptorSet()
     seen: set[str] = set()
 
-    def add(file_descriptor: Any) -> None:
+    def add(file_descriptor: FileDescriptor) -> None:
         if file_descriptor.name in seen:
             return
         for dependency in file_descriptor.dependencies:

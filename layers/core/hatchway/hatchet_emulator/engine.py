@@ -29,7 +29,6 @@ from typing import Any
 from hatchway.observability import logger
 
 
-
 class EngineError(Exception):
     """A request the engine refuses; ``code`` names the gRPC status to answer with."""
 
@@ -79,9 +78,13 @@ class TaskSpec:
     action: str
     parents: tuple[str, ...] = ()
     retries: int = 0
-    timeout_s: float | None = None
+    timeout: str = ""  # as declared ("30s", "5m"): the engine quotes it when a task times out
     backoff_factor: float | None = None
     backoff_max_s: float | None = None
+
+    @property
+    def timeout_s(self) -> float | None:
+        return parse_duration(self.timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,7 @@ class Worker:
     running: set[str] = field(default_factory=set)  # task external ids holding a slot
     listeners: int = 0
     paused: bool = False
+    registered_at: datetime = field(default_factory=utcnow)
 
     def can_take(self, action: str) -> bool:
         return (
@@ -248,9 +252,12 @@ class Engine:
 
     def put_workflow(self, spec: WorkflowSpec) -> WorkflowSpec:
         for task in spec.tasks.values():
+            _ = task.timeout_s  # refuses a malformed duration now, not when the task runs
             missing = [p for p in task.parents if p not in spec.tasks]
             if missing:
-                raise EngineError("INVALID_ARGUMENT", f"{task.readable_id}: unknown parents {missing}")
+                raise EngineError(
+                    "INVALID_ARGUMENT", f"{task.readable_id}: unknown parents {missing}"
+                )
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
             spec = WorkflowSpec(
@@ -272,9 +279,16 @@ class Engine:
         child_key: str | None = None,
     ) -> WorkflowRun:
         workflow = self.workflows.get(name)
+        if not isinstance(additional_metadata or {}, dict):
+            # The SDK's action loop dies on metadata that is not an object: refuse it here.
+            raise EngineError("INVALID_ARGUMENT", "additional_metadata must be a JSON object")
+        if not isinstance(input_, dict):
+            raise EngineError("INVALID_ARGUMENT", "input must be a JSON object")
         if workflow is None:
             raise EngineError("NOT_FOUND", f"workflow {name!r} is not registered")
         child_slot = None
+        if parent_run_id is None:  # the SDK sends child_index on every trigger
+            child_index = child_key = parent_task_external_id = None
         if parent_task_external_id is not None:
             child_slot = (parent_task_external_id, child_key or str(child_index))
             existing = self._children.get(child_slot)
@@ -439,7 +453,11 @@ class Engine:
             run.started_at = utcnow()
         self._emit(
             RunEvent(
-                run.run_id, "STEP_RUN", "STARTED", external_id, retry_count=task.retry_count,
+                run.run_id,
+                "STEP_RUN",
+                "STARTED",
+                external_id,
+                retry_count=task.retry_count,
                 task_retries=task.spec.retries,
             )
         )
@@ -455,8 +473,13 @@ class Engine:
         run = task.run
         self._emit(
             RunEvent(
-                run.run_id, "STEP_RUN", "COMPLETED", external_id, payload=task.output,
-                retry_count=task.retry_count, task_retries=task.spec.retries,
+                run.run_id,
+                "STEP_RUN",
+                "COMPLETED",
+                external_id,
+                payload=task.output,
+                retry_count=task.retry_count,
+                task_retries=task.spec.retries,
             )
         )
         for child in run.tasks.values():
@@ -521,8 +544,12 @@ class Engine:
         task.next_stream_index = event_index + 1
         self._emit(
             RunEvent(
-                task.run.run_id, "STEP_RUN", "STREAM", external_id,
-                payload=message.decode("utf-8", errors="replace"), event_index=event_index,
+                task.run.run_id,
+                "STEP_RUN",
+                "STREAM",
+                external_id,
+                payload=message.decode("utf-8", errors="replace"),
+                event_index=event_index,
                 retry_count=task.retry_count,
             )
         )
@@ -549,9 +576,7 @@ class Engine:
         self._subscriptions.discard(subscription)
 
     def subscription_count(self, run_id: str | None = None) -> int:
-        return sum(
-            1 for s in self._subscriptions if run_id is None or s.run_id == run_id
-        )
+        return sum(1 for s in self._subscriptions if run_id is None or s.run_id == run_id)
 
     # -- fault hooks -------------------------------------------------------------------
 
@@ -608,9 +633,7 @@ class Engine:
                 waiting.append(task)
                 asyncio.get_running_loop().call_at(task.not_before, self._dispatch)
                 continue
-            worker = next(
-                (w for w in self.workers.values() if w.can_take(task.spec.action)), None
-            )
+            worker = next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
             if worker is None:
                 waiting.append(task)
                 continue
@@ -641,7 +664,7 @@ class Engine:
             self._end_attempt(
                 task,
                 Status.TIMED_OUT,
-                f"task exceeded its execution timeout of {task.spec.timeout_s:g}s",
+                f"Task exceeded timeout of {task.spec.timeout}",  # the real engine's words
                 retryable=True,
             )
 
@@ -659,8 +682,13 @@ class Engine:
         run = task.run
         self._emit(
             RunEvent(
-                run.run_id, "STEP_RUN", status.value, task.external_id, payload=error,
-                retry_count=task.retry_count, task_retries=task.spec.retries,
+                run.run_id,
+                "STEP_RUN",
+                status.value,
+                task.external_id,
+                payload=error,
+                retry_count=task.retry_count,
+                task_retries=task.spec.retries,
             )
         )
         if retryable and task.retry_count < task.spec.retries:
@@ -715,4 +743,3 @@ class Engine:
         run.done.set()
         logger.debug("run finished", run_id=run.run_id, status=status.value)
         self._dispatch()
-

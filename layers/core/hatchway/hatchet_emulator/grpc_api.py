@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import grpc
+
 from hatchway.observability import logger
 
 from . import contracts
@@ -30,9 +31,7 @@ from .engine import (
     TaskSpec,
     WorkflowRun,
     WorkflowSpec,
-    parse_duration,
 )
-
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
 # below v0.78.23 workers fall back to a legacy registration that it fails on
@@ -308,7 +307,9 @@ class HatchetServices:
                 request.additional_meta_key, request.additional_meta_value
             )
         else:
-            raise EngineError("INVALID_ARGUMENT", "workflow_run_id or additional_meta_key is required")
+            raise EngineError(
+                "INVALID_ARGUMENT", "workflow_run_id or additional_meta_key is required"
+            )
         if subscription is None:
             return  # the run already ended: the real engine sends nothing and closes
         try:
@@ -326,8 +327,12 @@ class HatchetServices:
     def _workflow_event(self, event: RunEvent) -> Any:
         message = self._m("WorkflowEvent")(
             workflow_run_id=event.run_id,
-            resource_type=contracts.enum_value("ResourceType", f"RESOURCE_TYPE_{event.resource_type}"),
-            event_type=contracts.enum_value("ResourceEventType", f"RESOURCE_EVENT_TYPE_{event.event_type}"),
+            resource_type=contracts.enum_value(
+                "ResourceType", f"RESOURCE_TYPE_{event.resource_type}"
+            ),
+            event_type=contracts.enum_value(
+                "ResourceEventType", f"RESOURCE_EVENT_TYPE_{event.event_type}"
+            ),
             resource_id=event.resource_id,
             event_payload=event.payload,
             hangup=event.hangup,
@@ -375,7 +380,9 @@ class HatchetServices:
     def _workflow_run_event(self, run: WorkflowRun) -> Any:
         event = self._m("WorkflowRunEvent")(
             workflow_run_id=run.run_id,
-            event_type=contracts.enum_value("WorkflowRunEventType", "WORKFLOW_RUN_EVENT_TYPE_FINISHED"),
+            event_type=contracts.enum_value(
+                "WorkflowRunEventType", "WORKFLOW_RUN_EVENT_TYPE_FINISHED"
+            ),
         )
         _stamp(event, "event_timestamp", run.finished_at or run.created_at)
         for readable_id, task in run.tasks.items():
@@ -455,14 +462,16 @@ class HatchetServices:
                 action=task.action,
                 parents=tuple(task.parents),
                 retries=task.retries,
-                timeout_s=parse_duration(task.timeout),
+                timeout=task.timeout,
                 backoff_factor=_optional(task, "backoff_factor"),
                 backoff_max_s=_optional(task, "backoff_max_seconds"),
             )
             for task in request.tasks
         }
         spec = self.engine.put_workflow(
-            WorkflowSpec(name=request.name, tasks=tasks, event_triggers=tuple(request.event_triggers))
+            WorkflowSpec(
+                name=request.name, tasks=tasks, event_triggers=tuple(request.event_triggers)
+            )
         )
         return self._m("v1.CreateWorkflowVersionResponse")(
             id=spec.version_id, workflow_id=spec.workflow_id

@@ -10,6 +10,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .engine import EngineError, Status, TaskRun, WorkflowRun
 from .grpc_api import bearer_matches, run_status_name
@@ -27,7 +28,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
-async def _auth_and_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     emulator = request.app[EMULATOR_KEY]
     if not bearer_matches(request.headers.get("Authorization", ""), emulator.token):
         return _error(401, "invalid or missing token")
@@ -54,7 +55,9 @@ def _task_summary(run: WorkflowRun, task: TaskRun, tenant_id: str) -> dict[str, 
         "taskId": 0,
         "taskInsertedAt": run.created_at.isoformat(),
         "displayName": task.spec.readable_id,
-        "stepId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{task.spec.readable_id}")),
+        "stepId": str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{task.spec.readable_id}")
+        ),
         "actionId": task.spec.action,
         "status": run_status_name(task.status),
         "retryCount": task.retry_count,
@@ -131,7 +134,11 @@ async def patch_worker(request: web.Request) -> web.Response:
         worker = emulator.engine.set_paused(worker.worker_id, paused=bool(body["isPaused"]))
     return web.json_response(
         {
-            "metadata": {"id": worker.worker_id, "createdAt": None, "updatedAt": None},
+            "metadata": {
+                "id": worker.worker_id,
+                "createdAt": worker.registered_at.isoformat(),
+                "updatedAt": worker.registered_at.isoformat(),
+            },
             "name": worker.name,
             "type": "SELFHOSTED",
             "status": "PAUSED" if worker.paused else "ACTIVE",
@@ -163,7 +170,11 @@ async def control_run(request: web.Request) -> web.Response:
             "status": run.status.value,
             "subscriptions": engine.subscription_count(run.run_id),
             "tasks": {
-                name: {"externalId": t.external_id, "status": t.status.value, "retryCount": t.retry_count}
+                name: {
+                    "externalId": t.external_id,
+                    "status": t.status.value,
+                    "retryCount": t.retry_count,
+                }
                 for name, t in run.tasks.items()
             },
         }
@@ -180,7 +191,9 @@ async def control_subscription_faults(request: web.Request) -> web.Response:
     body = await request.json()
     engine = request.app[EMULATOR_KEY].engine
     if "refuseForSeconds" in body:
-        engine.refuse_subscriptions(float(body["refuseForSeconds"]), str(body.get("code", "UNAVAILABLE")))
+        engine.refuse_subscriptions(
+            float(body["refuseForSeconds"]), str(body.get("code", "UNAVAILABLE"))
+        )
     if "delaySeconds" in body:
         engine.delay_subscriptions(float(body["delaySeconds"]), float(body.get("forSeconds", 3600)))
     return web.json_response({"ok": True})
