@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install dev test lint format emulator lock clean
+.PHONY: help install dev test lint format emulator lock clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,10 +28,11 @@ dev: install ## run the local stack and print its URLs (Ctrl-C stops everything)
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-lint: install ## ruff (lint and format check) and mypy --strict
+lint: install ## ruff (lint and format check), mypy --strict, cfn-lint on the template
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml
 
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
@@ -49,3 +50,6 @@ lock: $(BIN)/python ## re-resolve constraints.txt from pyproject.toml in a scrat
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build
+
+bench: install ## print benchmark figures (startup of the emulator against baselines)
+	$(BIN)/python benchmarks/emulator_startup.py
