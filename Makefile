@@ -17,7 +17,7 @@ $(BIN)/python:
 # Re-installs only when the dependency declarations change (idempotent).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,local]'
 	@touch $@
 
 install: $(STAMP) ## create .venv with Python 3.12 and every dependency (pinned by constraints.txt)
@@ -44,7 +44,7 @@ emulator: install ## run only the Hatchet engine emulator
 lock: $(BIN)/python ## re-resolve constraints.txt from pyproject.toml in a scratch venv
 	rm -rf .lock-venv && $$(scripts/find-python312.sh) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	.lock-venv/bin/python -m pip install --quiet '.[dev,local]'
 	.lock-venv/bin/python -m pip freeze --exclude hatchway > constraints.txt
 	rm -rf .lock-venv build *.egg-info layers/core/*.egg-info
 

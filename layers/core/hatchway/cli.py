@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hatchway.observability import logger
+
+if TYPE_CHECKING:
+    from hatchway.apigw_emulator.server import ApiGatewayEmulator
 
 
 def _say(line: str) -> None:
@@ -49,6 +55,37 @@ async def _run_emulator(args: argparse.Namespace) -> None:
 
 def hatchet_emulator(args: argparse.Namespace) -> int:
     asyncio.run(_run_emulator(args))
+    return 0
+
+
+async def _serve_gateway(gateway: ApiGatewayEmulator) -> None:
+    stop = _stop_on_signals()
+    async with gateway:
+        for name, value in gateway.settings().items():
+            _say(f"{name}={value}")
+        _say("ready")
+        await stop.wait()
+
+
+def apigw_emulator(args: argparse.Namespace) -> int:
+    from hatchway.apigw_emulator.server import ApiGatewayEmulator  # noqa: PLC0415
+    from hatchway.apigw_emulator.template import TemplateError, TemplateReader  # noqa: PLC0415
+
+    try:
+        env_vars = json.loads(Path(args.env_vars).read_text()) if args.env_vars else None
+        parameters = dict(item.split("=", 1) for item in args.parameter_overrides)
+        api = TemplateReader(Path(args.template), parameters, env_vars).api(args.stage)
+    except (TemplateError, OSError, ValueError) as error:
+        logger.error("cannot serve the template", error=str(error), template=args.template)
+        return 2
+    gateway = ApiGatewayEmulator(
+        api,
+        port=args.port,
+        http_port=args.http_port,
+        idle_timeout_s=args.idle_timeout,
+        max_connection_s=args.max_connection_duration,
+    )
+    asyncio.run(_serve_gateway(gateway))
     return 0
 
 
@@ -128,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a subscription to an unknown run waits before NOT_FOUND",
     )
     emulator.set_defaults(handler=hatchet_emulator)
+
+    gateway = commands.add_parser(
+        "apigw-emulator",
+        help="serve a SAM template's WebSocket and HTTP APIs locally; prints URLs, then 'ready'",
+    )
+    gateway.add_argument("--template", default="template.yaml", help="the SAM template")
+    gateway.add_argument("--port", type=int, default=0, help="WebSocket API port (0: free)")
+    gateway.add_argument("--http-port", type=int, default=0, help="HTTP API port (0: free)")
+    gateway.add_argument("--stage", default=None, help="stage name (default: the template's)")
+    gateway.add_argument(
+        "--env-vars", default=None, help="JSON of environment overrides, as `sam local --env-vars`"
+    )
+    gateway.add_argument(
+        "--parameter-overrides",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="template parameter values",
+    )
+    gateway.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (AWS: 600)")
+    gateway.add_argument(
+        "--max-connection-duration", type=float, default=7200.0, help="seconds (AWS: 7200)"
+    )
+    gateway.set_defaults(handler=apigw_emulator)
 
     worker = commands.add_parser(
         "demo-worker", help="run the demo workflows in a hatchet-sdk worker"
