@@ -489,9 +489,9 @@ class ApiGatewayEmulator:
             return found
         return web.json_response(
             {
-                "ConnectedAt": found.info.connected_at.isoformat(),
-                "Identity": {"SourceIp": found.info.source_ip, "UserAgent": found.info.user_agent},
-                "LastActiveAt": found.last_active_at.isoformat(),
+                "connectedAt": found.info.connected_at.isoformat(),
+                "identity": {"sourceIp": found.info.source_ip, "userAgent": found.info.user_agent},
+                "lastActiveAt": found.last_active_at.isoformat(),
             }
         )
 

@@ -1,0 +1,308 @@
+"""The API Gateway emulator with real WebSocket clients (websockets), a real boto3
+management-API client, and a template whose handlers run as Lambda would run them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import pytest_asyncio
+from aws_lambda_powertools.utilities.data_classes import (
+    APIGatewayProxyEventV2,
+    APIGatewayWebSocketEvent,
+)
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from hatchway.apigw_emulator.server import ApiGatewayEmulator
+from hatchway.apigw_emulator.template import TemplateReader
+
+TEMPLATE = Path(__file__).with_name("apigw_app") / "template.yaml"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway() -> AsyncIterator[ApiGatewayEmulator]:
+    async with ApiGatewayEmulator(TemplateReader(TEMPLATE).api(), max_concurrency=8) as running:
+        yield running
+
+
+def management(gateway: ApiGatewayEmulator, retries: int = 1) -> Any:
+    return boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=gateway.management_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": retries, "mode": "standard"}, max_pool_connections=32),
+    )
+
+
+async def open_client(gateway: ApiGatewayEmulator, token: str = "allow-ana", **query: str) -> ClientConnection:
+    params = "&".join(f"{k}={v}" for k, v in {"token": token, **query}.items())
+    return await connect(f"{gateway.websocket_url}?{params}", max_size=None)
+
+
+async def connection_id_of(gateway: ApiGatewayEmulator, before: set[str]) -> str:
+    for _ in range(100):
+        new = set(gateway.connections) - before
+        if new:
+            return new.pop()
+        await asyncio.sleep(0.01)
+    raise AssertionError("no new connection registered")
+
+
+async def connected(gateway: ApiGatewayEmulator, token: str = "allow-ana") -> tuple[ClientConnection, str]:
+    before = set(gateway.connections)
+    client = await open_client(gateway, token)
+    return client, await connection_id_of(gateway, before)
+
+
+def invocations_of(gateway: ApiGatewayEmulator, function: str) -> list[dict[str, Any]]:
+    return [i.event for i in gateway.invocations if i.function == function]
+
+
+async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
+    async def poll() -> None:
+        while not predicate():  # noqa: ASYNC110 - the handler runs in another process
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+async def test_connect_and_disconnect_events_have_the_documented_shape(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway, "allow-bob")
+    await client.close(code=1000, reason="bye")
+
+    authorizer = next(e for e in invocations_of(gateway, "AuthorizerFunction")[::-1]
+                      if e["queryStringParameters"]["token"] == "allow-bob")
+    assert authorizer["type"] == "REQUEST"
+    assert authorizer["methodArn"].endswith("/test/$connect")
+    connect_event = next(e for e in invocations_of(gateway, "ConnectFunction")
+                         if e["requestContext"]["connectionId"] == connection_id)
+    event = APIGatewayWebSocketEvent(connect_event)
+    context = event.request_context
+    assert (context.route_key, context.event_type, context.stage) == ("$connect", "CONNECT", "test")
+    assert context.domain_name == f"127.0.0.1:{gateway.port}"
+    assert context.connection_id == connection_id
+    assert context.api_id and context.request_id and context.extended_request_id
+    assert context.connected_at <= context.request_time_epoch
+    assert context.identity.source_ip == "127.0.0.1"
+    assert event.query_string_parameters == {"token": "allow-bob"}
+    assert event.multi_value_query_string_parameters == {"token": ["allow-bob"]}
+    assert connect_event["requestContext"]["authorizer"] == {"user": "bob", "principalId": "bob"}
+    assert event.headers["Sec-WebSocket-Version"] == "13"
+
+    await wait_for(lambda: any(e["requestContext"]["connectionId"] == connection_id
+                               for e in invocations_of(gateway, "DisconnectFunction")))
+    disconnect = APIGatewayWebSocketEvent(next(
+        e for e in invocations_of(gateway, "DisconnectFunction")
+        if e["requestContext"]["connectionId"] == connection_id
+    ))
+    assert disconnect.request_context.event_type == "DISCONNECT"
+    assert disconnect.request_context.route_key == "$disconnect"
+    assert disconnect.request_context.disconnect_status_code == 1000
+    assert disconnect.request_context.disconnect_reason
+
+
+@pytest.mark.parametrize(
+    ("token", "query", "status"),
+    [("deny", {}, 403), ("garbage", {}, 401), ("", {}, 401), ("allow-ana", {"refuse": "1"}, 403)],
+)
+async def test_refused_upgrades_answer_with_the_status(
+    gateway: ApiGatewayEmulator, token: str, query: dict[str, str], status: int
+) -> None:
+    url = gateway.websocket_url + ("?" + "&".join(f"{k}={v}" for k, v in {"token": token, **query}.items() if v) if token or query else "")
+    before = set(gateway.connections)
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url)
+    assert refused.value.response.status_code == status
+    assert set(gateway.connections) == before
+
+
+async def test_messages_are_routed_by_action_with_default_as_fallback(gateway: ApiGatewayEmulator) -> None:
+    client, _ = await connected(gateway)
+    try:
+        await client.send(json.dumps({"action": "echo", "message": "hi"}))
+        assert await client.recv() == "test:hi"  # via the management API, from the handler
+        await client.send("not json at all")
+        assert await client.recv() == "hello, default: not json at all"  # route response
+        await client.send(json.dumps({"action": "nope"}))
+        assert await client.recv() == 'hello, default: {"action": "nope"}'
+        await client.send(json.dumps({"action": "slow"}))  # exceeds its 1 s timeout
+        error = json.loads(await client.recv())
+        assert error["message"] == "Internal server error"
+        assert error["connectionId"]
+    finally:
+        await client.close()
+
+
+async def test_gone_connections_answer_410_and_live_ones_answer_get(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    api = management(gateway)
+    info = await asyncio.to_thread(api.get_connection, ConnectionId=connection_id)
+    assert info["Identity"]["SourceIp"] == "127.0.0.1"
+    await client.close()
+    await wait_for(lambda: connection_id not in gateway.connections)
+
+    for target in (connection_id, "NeverExisted0A="):
+        with pytest.raises(ClientError) as gone:
+            await asyncio.to_thread(api.post_to_connection, ConnectionId=target, Data=b"x")
+        assert gone.value.response["Error"]["Code"] == "GoneException"
+        assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
+
+
+async def test_messages_over_128_kb_are_refused_413(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    api = management(gateway)
+    try:
+        with pytest.raises(ClientError) as too_large:
+            await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"x" * (129 * 1024))
+        assert too_large.value.response["Error"]["Code"] == "PayloadTooLargeException"
+        assert too_large.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"y" * (128 * 1024))
+        assert await client.recv() == "y" * (128 * 1024)
+    finally:
+        await client.close()
+
+
+async def test_unsigned_callers_are_forbidden(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    try:
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            f"{gateway.management_url}/@connections/{connection_id}", data=b"x", method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as forbidden:
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)  # noqa: S310
+        assert forbidden.value.code == 403
+    finally:
+        await client.close()
+
+
+async def test_a_thousand_posts_arrive_as_a_thousand_messages_in_order(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    api = management(gateway)
+
+    def post_all() -> None:
+        for n in range(1000):
+            api.post_to_connection(ConnectionId=connection_id, Data=json.dumps({"n": n}).encode())
+
+    try:
+        poster = asyncio.create_task(asyncio.to_thread(post_all))
+        received = [json.loads(await client.recv()) for _ in range(1000)]
+        await poster
+        assert received == [{"n": n} for n in range(1000)]
+    finally:
+        await client.close()
+
+
+async def test_posts_to_200_connections_at_once_all_arrive(gateway: ApiGatewayEmulator) -> None:
+    clients = [await connected(gateway, f"allow-user{n}") for n in range(200)]
+    api = management(gateway)
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            posts = [
+                asyncio.get_running_loop().run_in_executor(
+                    pool, lambda cid=cid: api.post_to_connection(ConnectionId=cid, Data=cid.encode())
+                )
+                for _, cid in clients
+            ]
+            await asyncio.gather(*posts)
+        received = await asyncio.gather(*(client.recv() for client, _ in clients))
+        assert list(received) == [cid for _, cid in clients]
+    finally:
+        await asyncio.gather(*(client.close() for client, _ in clients))
+
+
+async def test_throttling_answers_429_then_recovers(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    api = management(gateway)
+    try:
+        gateway.throttle(share=1.0)
+        with pytest.raises(ClientError) as throttled:
+            await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"a")
+        assert throttled.value.response["Error"]["Code"] == "LimitExceededException"
+        assert throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        gateway.throttle(share=0.0)
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"b")
+        assert await client.recv() == "b"
+    finally:
+        gateway.throttle(share=0.0)
+        await client.close()
+
+
+async def test_latency_on_one_connection_does_not_hold_up_another(gateway: ApiGatewayEmulator) -> None:
+    (slow, slow_id), (fast, fast_id) = await connected(gateway), await connected(gateway)
+    api = management(gateway)
+    gateway.set_latency(slow_id, 2.0)
+    try:
+        slow_post = asyncio.create_task(
+            asyncio.to_thread(api.post_to_connection, ConnectionId=slow_id, Data=b"slow")
+        )
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=fast_id, Data=b"fast")
+        assert await fast.recv() == "fast"
+        assert not slow_post.done()  # still held by its injected latency
+        await slow_post
+        assert await slow.recv() == "slow"
+    finally:
+        await asyncio.gather(slow.close(), fast.close())
+
+
+async def test_forced_disconnect_closes_the_client_and_runs_disconnect(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    assert await gateway.disconnect(connection_id, 1001, "Going away")
+    with pytest.raises(ConnectionClosed):
+        await client.recv()
+    assert client.close_code == 1001
+    await wait_for(lambda: any(
+        e["requestContext"]["connectionId"] == connection_id
+        and e["requestContext"]["disconnectStatusCode"] == 1001
+        for e in invocations_of(gateway, "DisconnectFunction")
+    ))
+
+
+async def test_http_api_routes_reach_the_handler_with_payload_format_2(gateway: ApiGatewayEmulator) -> None:
+    def get(path: str) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            with urllib.request.urlopen(gateway.http_url + path, timeout=10) as response:  # noqa: S310
+                return response.status, response.read(), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(), dict(error.headers)
+
+    status, body, _ = await asyncio.to_thread(get, "/hello/world?x=1&x=2")
+    assert status == 200
+    assert json.loads(body) == {"hello": "world", "query": {"x": "1,2"}}
+    event = APIGatewayProxyEventV2(invocations_of(gateway, "HttpFunction")[-1])
+    assert event.version == "2.0"
+    assert event.route_key == "GET /hello/{name}"
+    assert event.raw_path == "/hello/world"
+    assert event.raw_query_string == "x=1&x=2"
+    assert event.request_context.http.method == "GET"
+    assert event.path_parameters == {"name": "world"}
+
+    request = urllib.request.Request(gateway.http_url + "/echo", data=b"ping", method="POST")  # noqa: S310
+    response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)  # noqa: S310
+    assert (response.status, response.read(), response.headers["x-echo"]) == (201, b"ping", "yes")
+    assert (await asyncio.to_thread(get, "/nowhere"))[0] == 404
+
+
+async def test_idle_connections_are_closed_and_disconnect_runs() -> None:
+    api = TemplateReader(TEMPLATE).api()
+    async with ApiGatewayEmulator(api, idle_timeout_s=1.0) as short_idle:
+        client, connection_id = await connected(short_idle)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(client.recv(), 10)
+        assert client.close_code == 1001
+        await wait_for(lambda: any(
+            e["requestContext"]["connectionId"] == connection_id
+            for e in invocations_of(short_idle, "DisconnectFunction")
+        ))
