@@ -42,11 +42,15 @@ def management(gateway: ApiGatewayEmulator, retries: int = 1) -> Any:
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-        config=Config(retries={"max_attempts": retries, "mode": "standard"}, max_pool_connections=32),
+        config=Config(
+            retries={"max_attempts": retries, "mode": "standard"}, max_pool_connections=32
+        ),
     )
 
 
-async def open_client(gateway: ApiGatewayEmulator, token: str = "allow-ana", **query: str) -> ClientConnection:
+async def open_client(
+    gateway: ApiGatewayEmulator, token: str = "allow-ana", **query: str
+) -> ClientConnection:
     params = "&".join(f"{k}={v}" for k, v in {"token": token, **query}.items())
     return await connect(f"{gateway.websocket_url}?{params}", max_size=None)
 
@@ -60,7 +64,9 @@ async def connection_id_of(gateway: ApiGatewayEmulator, before: set[str]) -> str
     raise AssertionError("no new connection registered")
 
 
-async def connected(gateway: ApiGatewayEmulator, token: str = "allow-ana") -> tuple[ClientConnection, str]:
+async def connected(
+    gateway: ApiGatewayEmulator, token: str = "allow-ana"
+) -> tuple[ClientConnection, str]:
     before = set(gateway.connections)
     client = await open_client(gateway, token)
     return client, await connection_id_of(gateway, before)
@@ -78,22 +84,32 @@ async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
     await asyncio.wait_for(poll(), timeout_s)
 
 
-async def test_connect_and_disconnect_events_have_the_documented_shape(gateway: ApiGatewayEmulator) -> None:
+async def test_connect_and_disconnect_events_have_the_documented_shape(
+    gateway: ApiGatewayEmulator,
+) -> None:
     client, connection_id = await connected(gateway, "allow-bob")
     await client.close(code=1000, reason="bye")
 
-    authorizer = next(e for e in invocations_of(gateway, "AuthorizerFunction")[::-1]
-                      if e["queryStringParameters"]["token"] == "allow-bob")
+    authorizer = next(
+        e
+        for e in invocations_of(gateway, "AuthorizerFunction")[::-1]
+        if e["queryStringParameters"]["token"] == "allow-bob"
+    )
     assert authorizer["type"] == "REQUEST"
     assert authorizer["methodArn"].endswith("/test/$connect")
-    connect_event = next(e for e in invocations_of(gateway, "ConnectFunction")
-                         if e["requestContext"]["connectionId"] == connection_id)
+    connect_event = next(
+        e
+        for e in invocations_of(gateway, "ConnectFunction")
+        if e["requestContext"]["connectionId"] == connection_id
+    )
     event = APIGatewayWebSocketEvent(connect_event)
     context = event.request_context
     assert (context.route_key, context.event_type, context.stage) == ("$connect", "CONNECT", "test")
-    assert context.domain_name == f"127.0.0.1:{gateway.port}"
+    assert context.domain_name == f"127.0.0.1:{gateway.tls_port}"
     assert context.connection_id == connection_id
-    assert context.api_id and context.request_id and context.extended_request_id
+    assert context.api_id
+    assert context.request_id
+    assert context.extended_request_id
     assert context.connected_at <= context.request_time_epoch
     assert context.identity.source_ip == "127.0.0.1"
     assert event.query_string_parameters == {"token": "allow-bob"}
@@ -101,12 +117,19 @@ async def test_connect_and_disconnect_events_have_the_documented_shape(gateway: 
     assert connect_event["requestContext"]["authorizer"] == {"user": "bob", "principalId": "bob"}
     assert event.headers["Sec-WebSocket-Version"] == "13"
 
-    await wait_for(lambda: any(e["requestContext"]["connectionId"] == connection_id
-                               for e in invocations_of(gateway, "DisconnectFunction")))
-    disconnect = APIGatewayWebSocketEvent(next(
-        e for e in invocations_of(gateway, "DisconnectFunction")
-        if e["requestContext"]["connectionId"] == connection_id
-    ))
+    await wait_for(
+        lambda: any(
+            e["requestContext"]["connectionId"] == connection_id
+            for e in invocations_of(gateway, "DisconnectFunction")
+        )
+    )
+    disconnect = APIGatewayWebSocketEvent(
+        next(
+            e
+            for e in invocations_of(gateway, "DisconnectFunction")
+            if e["requestContext"]["connectionId"] == connection_id
+        )
+    )
     assert disconnect.request_context.event_type == "DISCONNECT"
     assert disconnect.request_context.route_key == "$disconnect"
     assert disconnect.request_context.disconnect_status_code == 1000
@@ -120,7 +143,11 @@ async def test_connect_and_disconnect_events_have_the_documented_shape(gateway: 
 async def test_refused_upgrades_answer_with_the_status(
     gateway: ApiGatewayEmulator, token: str, query: dict[str, str], status: int
 ) -> None:
-    url = gateway.websocket_url + ("?" + "&".join(f"{k}={v}" for k, v in {"token": token, **query}.items() if v) if token or query else "")
+    url = gateway.websocket_url + (
+        "?" + "&".join(f"{k}={v}" for k, v in {"token": token, **query}.items() if v)
+        if token or query
+        else ""
+    )
     before = set(gateway.connections)
     with pytest.raises(InvalidStatus) as refused:
         await connect(url)
@@ -128,7 +155,9 @@ async def test_refused_upgrades_answer_with_the_status(
     assert set(gateway.connections) == before
 
 
-async def test_messages_are_routed_by_action_with_default_as_fallback(gateway: ApiGatewayEmulator) -> None:
+async def test_messages_are_routed_by_action_with_default_as_fallback(
+    gateway: ApiGatewayEmulator,
+) -> None:
     client, _ = await connected(gateway)
     try:
         await client.send(json.dumps({"action": "echo", "message": "hi"}))
@@ -145,7 +174,9 @@ async def test_messages_are_routed_by_action_with_default_as_fallback(gateway: A
         await client.close()
 
 
-async def test_gone_connections_answer_410_and_live_ones_answer_get(gateway: ApiGatewayEmulator) -> None:
+async def test_gone_connections_answer_410_and_live_ones_answer_get(
+    gateway: ApiGatewayEmulator,
+) -> None:
     client, connection_id = await connected(gateway)
     api = management(gateway)
     info = await asyncio.to_thread(api.get_connection, ConnectionId=connection_id)
@@ -165,10 +196,14 @@ async def test_messages_over_128_kb_are_refused_413(gateway: ApiGatewayEmulator)
     api = management(gateway)
     try:
         with pytest.raises(ClientError) as too_large:
-            await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"x" * (129 * 1024))
+            await asyncio.to_thread(
+                api.post_to_connection, ConnectionId=connection_id, Data=b"x" * (129 * 1024)
+            )
         assert too_large.value.response["Error"]["Code"] == "PayloadTooLargeException"
         assert too_large.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
-        await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"y" * (128 * 1024))
+        await asyncio.to_thread(
+            api.post_to_connection, ConnectionId=connection_id, Data=b"y" * (128 * 1024)
+        )
         assert await client.recv() == "y" * (128 * 1024)
     finally:
         await client.close()
@@ -181,13 +216,15 @@ async def test_unsigned_callers_are_forbidden(gateway: ApiGatewayEmulator) -> No
             f"{gateway.management_url}/@connections/{connection_id}", data=b"x", method="POST"
         )
         with pytest.raises(urllib.error.HTTPError) as forbidden:
-            await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)  # noqa: S310
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
         assert forbidden.value.code == 403
     finally:
         await client.close()
 
 
-async def test_a_thousand_posts_arrive_as_a_thousand_messages_in_order(gateway: ApiGatewayEmulator) -> None:
+async def test_a_thousand_posts_arrive_as_a_thousand_messages_in_order(
+    gateway: ApiGatewayEmulator,
+) -> None:
     client, connection_id = await connected(gateway)
     api = management(gateway)
 
@@ -211,7 +248,8 @@ async def test_posts_to_200_connections_at_once_all_arrive(gateway: ApiGatewayEm
         with ThreadPoolExecutor(max_workers=16) as pool:
             posts = [
                 asyncio.get_running_loop().run_in_executor(
-                    pool, lambda cid=cid: api.post_to_connection(ConnectionId=cid, Data=cid.encode())
+                    pool,
+                    lambda cid=cid: api.post_to_connection(ConnectionId=cid, Data=cid.encode()),
                 )
                 for _, cid in clients
             ]
@@ -239,7 +277,9 @@ async def test_throttling_answers_429_then_recovers(gateway: ApiGatewayEmulator)
         await client.close()
 
 
-async def test_latency_on_one_connection_does_not_hold_up_another(gateway: ApiGatewayEmulator) -> None:
+async def test_latency_on_one_connection_does_not_hold_up_another(
+    gateway: ApiGatewayEmulator,
+) -> None:
     (slow, slow_id), (fast, fast_id) = await connected(gateway), await connected(gateway)
     api = management(gateway)
     gateway.set_latency(slow_id, 2.0)
@@ -257,20 +297,26 @@ async def test_latency_on_one_connection_does_not_hold_up_another(gateway: ApiGa
         await asyncio.gather(slow.close(), fast.close())
 
 
-async def test_forced_disconnect_closes_the_client_and_runs_disconnect(gateway: ApiGatewayEmulator) -> None:
+async def test_forced_disconnect_closes_the_client_and_runs_disconnect(
+    gateway: ApiGatewayEmulator,
+) -> None:
     client, connection_id = await connected(gateway)
     assert await gateway.disconnect(connection_id, 1001, "Going away")
     with pytest.raises(ConnectionClosed):
         await client.recv()
     assert client.close_code == 1001
-    await wait_for(lambda: any(
-        e["requestContext"]["connectionId"] == connection_id
-        and e["requestContext"]["disconnectStatusCode"] == 1001
-        for e in invocations_of(gateway, "DisconnectFunction")
-    ))
+    await wait_for(
+        lambda: any(
+            e["requestContext"]["connectionId"] == connection_id
+            and e["requestContext"]["disconnectStatusCode"] == 1001
+            for e in invocations_of(gateway, "DisconnectFunction")
+        )
+    )
 
 
-async def test_http_api_routes_reach_the_handler_with_payload_format_2(gateway: ApiGatewayEmulator) -> None:
+async def test_http_api_routes_reach_the_handler_with_payload_format_2(
+    gateway: ApiGatewayEmulator,
+) -> None:
     def get(path: str) -> tuple[int, bytes, dict[str, str]]:
         try:
             with urllib.request.urlopen(gateway.http_url + path, timeout=10) as response:  # noqa: S310
@@ -290,7 +336,7 @@ async def test_http_api_routes_reach_the_handler_with_payload_format_2(gateway: 
     assert event.path_parameters == {"name": "world"}
 
     request = urllib.request.Request(gateway.http_url + "/echo", data=b"ping", method="POST")  # noqa: S310
-    response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)  # noqa: S310
+    response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
     assert (response.status, response.read(), response.headers["x-echo"]) == (201, b"ping", "yes")
     assert (await asyncio.to_thread(get, "/nowhere"))[0] == 404
 
@@ -302,7 +348,9 @@ async def test_idle_connections_are_closed_and_disconnect_runs() -> None:
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(client.recv(), 10)
         assert client.close_code == 1001
-        await wait_for(lambda: any(
-            e["requestContext"]["connectionId"] == connection_id
-            for e in invocations_of(short_idle, "DisconnectFunction")
-        ))
+        await wait_for(
+            lambda: any(
+                e["requestContext"]["connectionId"] == connection_id
+                for e in invocations_of(short_idle, "DisconnectFunction")
+            )
+        )

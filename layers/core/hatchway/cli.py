@@ -82,6 +82,7 @@ def apigw_emulator(args: argparse.Namespace) -> int:
         api,
         port=args.port,
         http_port=args.http_port,
+        tls_port=args.tls_port,
         idle_timeout_s=args.idle_timeout,
         max_connection_s=args.max_connection_duration,
     )
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--template", default="template.yaml", help="the SAM template")
     gateway.add_argument("--port", type=int, default=0, help="WebSocket API port (0: free)")
     gateway.add_argument("--http-port", type=int, default=0, help="HTTP API port (0: free)")
+    gateway.add_argument(
+        "--tls-port", type=int, default=0, help="wss:// and https:// port (0: free)"
+    )
     gateway.add_argument("--stage", default=None, help="stage name (default: the template's)")
     gateway.add_argument(
         "--env-vars", default=None, help="JSON of environment overrides, as `sam local --env-vars`"

@@ -8,6 +8,12 @@ however a connection ends. The ``@connections`` management API is served at
 ``http://127.0.0.1:<port>/<stage>/@connections/<id>`` with API Gateway's
 semantics (410, 413, 403, one message per POST), which moto lacks.
 
+The same WebSocket API and management API are also served over TLS on
+``tls_port`` with a certificate from a throwaway CA, and events carry that
+address as ``domainName``: handlers that build their client the way AWS's
+samples do (``endpoint_url=f"https://{domainName}/{stage}"``) work unchanged,
+because their environment trusts the CA (``AWS_CA_BUNDLE``).
+
 HTTP side (``http://127.0.0.1:<http_port>``): HttpApi routes, payload format 2.0.
 """
 
@@ -20,6 +26,8 @@ import json
 import os
 import random
 import re
+import ssl
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -27,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 
+import trustme
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from hatchway.observability import logger
@@ -151,6 +160,7 @@ class ApiGatewayEmulator:
         *,
         port: int = 0,
         http_port: int = 0,
+        tls_port: int = 0,
         idle_timeout_s: float = 600.0,
         max_connection_s: float = 7200.0,
         max_concurrency: int = 4,
@@ -159,6 +169,13 @@ class ApiGatewayEmulator:
         self.api = api
         self.port = port
         self.http_port = http_port
+        self.tls_port = tls_port
+        self._ca = trustme.CA()
+        self._ca_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as we do
+            prefix="hatchway-apigw-ca-", suffix=".pem"
+        )
+        self._ca_file.write(self._ca.cert_pem.bytes())
+        self._ca_file.flush()
         self.idle_timeout_s = idle_timeout_s
         self.max_connection_s = max_connection_s
         self.connections: dict[str, Connection] = {}
@@ -191,6 +208,18 @@ class ApiGatewayEmulator:
         return f"http://{HOST}:{self.port}/{self.stage}"
 
     @property
+    def websocket_tls_url(self) -> str:
+        return f"wss://{HOST}:{self.tls_port}/{self.stage}"
+
+    @property
+    def ca_bundle(self) -> str:
+        """PEM of the CA that signed the TLS side's certificate (trust it to use wss/https)."""
+        return self._ca_file.name
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_bundle)
+
+    @property
     def http_url(self) -> str:
         return f"http://{HOST}:{self.http_port}"
 
@@ -198,7 +227,9 @@ class ApiGatewayEmulator:
         settings = {}
         if self.api.websocket is not None:
             settings["WEBSOCKET_URL"] = self.websocket_url
+            settings["WEBSOCKET_TLS_URL"] = self.websocket_tls_url
             settings[MANAGEMENT_ENV] = self.management_url
+            settings["AWS_CA_BUNDLE"] = self.ca_bundle
         if self.api.http_routes:
             settings["HTTP_API_URL"] = self.http_url
         return settings
@@ -226,21 +257,29 @@ class ApiGatewayEmulator:
                     web.get("/_emulator/connections", self._control_connections),
                 ]
             )
-            self.port = await self._serve(app, self.port)
+            self.port, self.tls_port = await self._serve(app, self.port, self.tls_port)
         if self.api.http_routes:
             app = web.Application(client_max_size=10 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", self._http_api)
-            self.http_port = await self._serve(app, self.http_port)
+            self.http_port, _ = await self._serve(app, self.http_port)
         # Handlers reach this management API when they build their client the usual way.
         self._extra_env = {**self.settings(), **self._extra_env}
 
-    async def _serve(self, app: web.Application, port: int) -> int:
+    async def _serve(
+        self, app: web.Application, port: int, tls_port: int | None = None
+    ) -> tuple[int, int]:
+        """Serve ``app`` on ``port`` (and over TLS on ``tls_port``); the bound ports."""
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, HOST, port, reuse_address=True)
-        await site.start()
         self._runners.append(runner)
-        return int(runner.addresses[0][1])
+        await web.TCPSite(runner, HOST, port, reuse_address=True).start()
+        bound = int(runner.addresses[0][1])
+        if tls_port is None:
+            return bound, 0
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ca.issue_cert(HOST, "localhost").configure_cert(context)
+        await web.TCPSite(runner, HOST, tls_port, ssl_context=context, reuse_address=True).start()
+        return bound, int(runner.addresses[1][1])
 
     async def close(self) -> None:
         for connection in list(self.connections.values()):
@@ -253,6 +292,7 @@ class ApiGatewayEmulator:
         self._runners.clear()
         for function in self._functions.values():
             await function.close()
+        self._ca_file.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -287,8 +327,9 @@ class ApiGatewayEmulator:
     # -- WebSocket API -----------------------------------------------------------------
 
     def _ws_api(self) -> WebSocketApi:
+        # On AWS one name serves wss:// and the https:// management API: here the TLS port.
         return WebSocketApi(
-            api_id=self._api_id, stage=self.stage, domain_name=f"{HOST}:{self.port}"
+            api_id=self._api_id, stage=self.stage, domain_name=f"{HOST}:{self.tls_port}"
         )
 
     async def _authorize(self, info: ConnectionInfo) -> web.Response | None:

@@ -13,7 +13,9 @@ def handler(event, _context):
         "principalId": token.removeprefix("allow-"),
         "policyDocument": {
             "Version": "2012-10-17",
-            "Statement": [{"Action": "execute-api:Invoke", "Effect": effect, "Resource": event["methodArn"]}],
+            "Statement": [
+                {"Action": "execute-api:Invoke", "Effect": effect, "Resource": event["methodArn"]}
+            ],
         },
         "context": {"user": token.removeprefix("allow-")},
     }

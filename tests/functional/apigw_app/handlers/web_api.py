@@ -7,5 +7,7 @@ def handler(event, _context):
     return {
         "statusCode": 200,
         "headers": {"content-type": "application/json"},
-        "body": json.dumps({"hello": event["pathParameters"]["name"], "query": event.get("queryStringParameters")}),
+        "body": json.dumps(
+            {"hello": event["pathParameters"]["name"], "query": event.get("queryStringParameters")}
+        ),
     }
