@@ -1,0 +1,59 @@
+"""The API Gateway management API adapter: post to a connection, with the SDK's
+errors turned into the project's own (410 -> StaleConnectionError, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+class DeliveryError(Exception):
+    """A post that did not reach its connection."""
+
+
+class StaleConnectionError(DeliveryError):
+    """410 Gone: the connection no longer exists. Remove exactly that connection."""
+
+
+class ThrottledError(DeliveryError):
+    """429: the account's throttle or the client's buffer is full. Back off, then retry."""
+
+
+class PayloadTooLargeError(DeliveryError):
+    """413: the message was over 128 KB (a bug: messages are packed under the limit)."""
+
+
+_ERRORS: dict[str, type[DeliveryError]] = {
+    "GoneException": StaleConnectionError,
+    "LimitExceededException": ThrottledError,
+    "TooManyRequestsException": ThrottledError,
+    "PayloadTooLargeException": PayloadTooLargeError,
+}
+
+
+class Connections:
+    def __init__(self, endpoint_url: str | None = None, client: Any = None, pool: int = 50) -> None:  # noqa: ANN401
+        # Retries are ours: a 429 must back off per connection without blocking others.
+        self._client = client or boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=endpoint_url or None,
+            config=Config(
+                retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=pool
+            ),
+        )
+
+    def post(self, connection_id: str, data: str | bytes) -> None:
+        try:
+            self._client.post_to_connection(
+                ConnectionId=connection_id, Data=data.encode() if isinstance(data, str) else data
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            kind = _ERRORS.get(code) or {410: StaleConnectionError, 429: ThrottledError}.get(
+                status or 0, DeliveryError
+            )
+            raise kind(f"{connection_id}: {code or status}") from error

@@ -1,0 +1,1 @@
+"""The relay: Hatchet run events to sequenced, logged frames to WebSocket subscribers."""

@@ -1,0 +1,257 @@
+"""Following one run: Hatchet events in, sequenced frames out.
+
+The follower holds the run's lease. It turns each Hatchet event into a frame
+with the next ``seq``, appends frames to the log in coalesced batches (the log
+write comes first: what was received is never lost), then hands them to the
+run's subscribers. It resubscribes when Hatchet's stream breaks, marks a
+``gap`` where stream events were missed (told by each task's ``event_index``),
+and asks Hatchet for the run's status when the stream ends without the run's
+final event, so the final status always arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
+from hatchway.observability import logger
+from hatchway.protocol import FINAL_STATUSES, Frame, chunk_frame, gap_frame, status_frame
+from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
+
+from .fanout import ConnectionSender
+
+RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass
+class Subscriber:
+    connection_id: str
+    cursor: int  # the highest seq handed to its sender
+    live: bool = False  # False while its backlog is read from the log
+    held: list[Frame] = field(default_factory=list)
+
+
+class RunFollower:
+    def __init__(
+        self,
+        run: RunRecord,
+        *,
+        owner: str,
+        store: Store,
+        hatchet: HatchetEvents,
+        executor: Executor,
+        sender_for: Callable[[str], ConnectionSender],
+        coalesce_s: float,
+    ) -> None:
+        self.run_id = run.run_id
+        self.owner = owner
+        self._store = store
+        self._hatchet = hatchet
+        self._executor = executor
+        self._sender_for = sender_for
+        self._coalesce_s = coalesce_s
+        self.logged_seq = run.last_seq  # highest seq in the log
+        self._next_seq = run.last_seq + 1
+        self.status = run.status
+        self._indexes: dict[str, int] = dict(run.stream_indexes or {})
+        self._took_over = run.last_seq > 0  # another relay wrote before us
+        self._pending: list[Frame] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_lock = asyncio.Lock()
+        self.subscribers: dict[str, Subscriber] = {}
+        self.finished = asyncio.Event()
+        self.lease_lost = False
+        self.log_writes = 0
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:  # noqa: ANN401
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    # -- following Hatchet -------------------------------------------------------------
+
+    async def follow(self) -> None:
+        """Run until the run's final frame is logged (or the lease is lost)."""
+        for subscription in await self._io(self._store.subscriptions_of_run, self.run_id):
+            await self.add_subscriber(subscription)
+        attempt = 0
+        while not self.final and not self.lease_lost:
+            saw_events = False
+            try:
+                async for event in self._hatchet.events(self.run_id):
+                    saw_events = True
+                    attempt = 0
+                    self._on_event(event)
+                    if event.hangup:
+                        break
+            except grpc.aio.AioRpcError as error:
+                logger.warning(
+                    "hatchet subscription broke", run_id=self.run_id, code=str(error.code())
+                )
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    await self._end_unknown_run()
+                    break
+            if not self.final:
+                # The stream ended without the run's end: it may have ended meanwhile.
+                await self._settle_from_status(missed_events=not saw_events)
+            if not self.final:
+                await asyncio.sleep(
+                    RESUBSCRIBE_BACKOFF_S[min(attempt, len(RESUBSCRIBE_BACKOFF_S) - 1)]
+                )
+                attempt += 1
+        await self.flush()
+        self.finished.set()
+
+    def _on_event(self, event: HatchetEvent) -> None:
+        if event.resource == "WORKFLOW_RUN":
+            if event.kind in FINAL_STATUSES:
+                self._finish(event.kind, event.payload)
+            return
+        if event.kind in {"STARTED", "STREAM"}:
+            self._mark_running()
+        if event.kind != "STREAM":
+            return  # task-level ends: the run's own event decides
+        expected = self._indexes.get(event.resource_id, -1) + 1
+        index = event.event_index
+        if index is not None:
+            if index < expected:
+                return  # logged already (a takeover overlaps the previous owner)
+            if index > expected:
+                missed = index - expected
+                self._emit(
+                    gap_frame(
+                        self.run_id,
+                        self._next_seq,
+                        f"{missed} chunk(s) streamed while no relay was subscribed are lost",
+                    )
+                )
+            self._indexes[event.resource_id] = index
+        self._emit(chunk_frame(self.run_id, self._next_seq, event.payload))
+
+    def _mark_running(self) -> None:
+        if self.status == "QUEUED":
+            self.status = "RUNNING"
+            self._emit(status_frame(self.run_id, self._next_seq, "RUNNING"))
+
+    def _finish(self, status: str, payload: str) -> None:
+        output: Any = None
+        error: str | None = None
+        if status == "COMPLETED":
+            try:
+                output = json.loads(payload) if payload else {}
+            except ValueError:
+                output = payload
+        else:
+            error = payload or status.lower()
+        self.status = status
+        self._emit(status_frame(self.run_id, self._next_seq, status, output=output, error=error))
+
+    async def _settle_from_status(self, *, missed_events: bool) -> None:
+        try:
+            status = await self._hatchet.status(self.run_id)
+        except grpc.aio.AioRpcError as error:
+            logger.warning("hatchet status unavailable", run_id=self.run_id, code=str(error.code()))
+            return
+        if not status.done:
+            return
+        if missed_events or self._took_over:
+            # Chunks streamed before we (re)subscribed are gone upstream: say so.
+            self._emit(
+                gap_frame(
+                    self.run_id,
+                    self._next_seq,
+                    "the run ended while no relay was subscribed: chunks it streamed then are lost",
+                )
+            )
+        if status.status == "QUEUED":
+            return
+        payload = (
+            json.dumps(status.output or {})
+            if status.status == "COMPLETED"
+            else (status.error or "")
+        )
+        self._finish(status.status if status.status in FINAL_STATUSES else "FAILED", payload)
+
+    async def _end_unknown_run(self) -> None:
+        self._finish("FAILED", "Hatchet does not know this run")
+
+    # -- sequencing and the log --------------------------------------------------------
+
+    def _emit(self, frame: Frame) -> None:
+        self._next_seq += 1
+        self._pending.append(frame)
+        if frame.get("final") or not self._coalesce_s:
+            self._schedule_flush(0.0)
+        elif self._flush_handle is None:
+            self._schedule_flush(self._coalesce_s)
+
+    def _schedule_flush(self, delay: float) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(delay, lambda: loop.create_task(self.flush()))
+
+    async def flush(self) -> None:
+        """Append pending frames to the log, then fan them out."""
+        async with self._flush_lock:
+            self._flush_handle = None
+            if not self._pending or self.lease_lost:
+                return
+            frames, self._pending = self._pending, []
+            try:
+                await self._io(
+                    self._store.append_frames, self.run_id, frames, self.owner, dict(self._indexes)
+                )
+            except LeaseLostError:
+                logger.warning("lease lost; another relay writes this run now", run_id=self.run_id)
+                self.lease_lost = True
+                self.finished.set()
+                return
+            self.log_writes += 1
+            self.logged_seq = int(frames[-1]["seq"])
+            for subscriber in self.subscribers.values():
+                self._deliver(subscriber, frames)
+
+    def _deliver(self, subscriber: Subscriber, frames: list[Frame]) -> None:
+        if not subscriber.live:
+            subscriber.held.extend(frames)
+            return
+        fresh = [f for f in frames if int(f["seq"]) > subscriber.cursor]
+        if fresh:
+            subscriber.cursor = int(fresh[-1]["seq"])
+            self._sender_for(subscriber.connection_id).send(fresh)
+
+    # -- subscribers -------------------------------------------------------------------
+
+    async def add_subscriber(self, subscription: Subscription) -> None:
+        """Backlog from the log (seq > after), then live frames, with no gap or repeat."""
+        subscriber = Subscriber(subscription.connection_id, cursor=subscription.after)
+        self.subscribers[subscription.connection_id] = subscriber
+        if self.logged_seq > subscriber.cursor:
+            backlog = await self._io(
+                self._store.read_frames, self.run_id, subscriber.cursor, 100_000
+            )
+            subscriber.live = True
+            self._deliver(subscriber, backlog)
+        subscriber.live = True
+        held, subscriber.held = subscriber.held, []
+        self._deliver(subscriber, held)
+
+    def remove_subscriber(self, connection_id: str) -> None:
+        self.subscribers.pop(connection_id, None)
+
+    async def hand_over(self) -> None:
+        """Stop following: log what was received, release the lease (SIGTERM)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        await self.flush()
+        await self._io(self._store.release_lease, self.run_id, self.owner)

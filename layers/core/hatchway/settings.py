@@ -1,0 +1,44 @@
+"""One typed settings model per process, read from the environment and validated at start."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What the Lambdas and the relay share (see docs/design.md, "Environment contract")."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    table_name: str = Field(alias="TABLE_NAME")
+    run_queue_url: str = Field(default="", alias="RUN_QUEUE_URL")
+    payload_bucket: str = Field(default="", alias="PAYLOAD_BUCKET")
+    token_signing_key: str = Field(default="", alias="TOKEN_SIGNING_KEY")
+    token_secret_arn: str = Field(default="", alias="TOKEN_SECRET_ARN")
+    token_ttl_seconds: int = Field(default=3600, ge=60, alias="TOKEN_TTL_SECONDS")
+    allowed_workflows: str = Field(default="", alias="ALLOWED_WORKFLOWS")
+    websocket_url: str = Field(default="", alias="WEBSOCKET_URL")
+    frame_retention_seconds: int = Field(default=86400, ge=60, alias="FRAME_RETENTION_SECONDS")
+    management_api_url: str = Field(default="", alias="AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI")
+
+    @property
+    def workflow_allow_list(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.allowed_workflows.split(",") if name.strip())
+
+
+class RelaySettings(Settings):
+    relay_id: str = Field(default="", alias="RELAY_ID")  # default: host name and pid
+    lease_seconds: float = Field(default=30.0, gt=0, alias="RELAY_LEASE_SECONDS")
+    coalesce_ms: float = Field(default=25.0, ge=0, alias="RELAY_COALESCE_MS")
+    poll_ms: float = Field(default=100.0, gt=0, alias="RELAY_POLL_MS")
+    max_runs: int = Field(default=500, ge=1, alias="RELAY_MAX_RUNS")
+    queue_wait_seconds: int = Field(default=20, ge=0, le=20, alias="RELAY_QUEUE_WAIT_SECONDS")
+    visibility_seconds: int = Field(default=60, ge=10, alias="RELAY_VISIBILITY_SECONDS")
+
+
+@cache
+def settings() -> Settings:
+    return Settings()

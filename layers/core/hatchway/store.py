@@ -1,0 +1,395 @@
+"""The DynamoDB adapter: runs, the frame log, leases, subscriptions, connections.
+
+One table; the items are in docs/design.md. Every item carries ``expiresAt``
+(DynamoDB TTL deletes within about two days, so reads filter expired items
+where it matters). The frame log is written only through ``append_frames``, a
+transaction that also moves the run's ``lastSeq`` on condition that the writer
+still holds the lease and saw the last ``lastSeq``: two relays can never write
+the same ``seq``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from .protocol import FINAL_STATUSES, Frame, is_final
+
+SEQ_DIGITS = 10
+CONNECTION_TTL_S = 2 * 3600  # API Gateway closes every connection after two hours
+
+
+def _run_pk(run_id: str) -> str:
+    return f"RUN#{run_id}"
+
+
+def _frames_sk(first_seq: int) -> str:
+    return f"F#{first_seq:0{SEQ_DIGITS}d}"
+
+
+def _int(value: Any) -> int:  # noqa: ANN401 - DynamoDB numbers arrive as Decimal
+    return int(value) if isinstance(value, (int, Decimal)) else 0
+
+
+class LeaseLostError(Exception):
+    """The writer no longer holds the run's lease (or another wrote meanwhile)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    workflow: str
+    status: str
+    last_seq: int
+    created_at: int  # epoch ms
+    updated_at: int
+    lease_owner: str | None = None
+    lease_expires_at: int = 0  # epoch ms
+    # The last Hatchet stream event_index logged per task: a relay that takes the
+    # run over drops what was logged already and marks a gap for what was missed.
+    stream_indexes: dict[str, int] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> RunRecord:
+        return cls(
+            run_id=str(item["pk"]).removeprefix("RUN#"),
+            workflow=str(item.get("workflow", "")),
+            status=str(item.get("status", "QUEUED")),
+            last_seq=_int(item.get("lastSeq")),
+            created_at=_int(item.get("createdAt")),
+            updated_at=_int(item.get("updatedAt")),
+            lease_owner=item.get("leaseOwner"),
+            lease_expires_at=_int(item.get("leaseExpiresAt")),
+            stream_indexes={k: _int(v) for k, v in (item.get("streamIndexes") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Subscription:
+    run_id: str
+    connection_id: str
+    after: int
+    token_expires_at: int  # epoch seconds
+    created_at: int  # epoch ms
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Subscription:
+        return cls(
+            run_id=str(item["pk"]).removeprefix("RUN#"),
+            connection_id=str(item["connectionId"]),
+            after=_int(item.get("after")),
+            token_expires_at=_int(item.get("tokenExpiresAt")),
+            created_at=_int(item.get("createdAt")),
+        )
+
+
+class Store:
+    def __init__(self, table_name: str, retention_s: int = 86400, resource: Any = None) -> None:  # noqa: ANN401
+        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        self._client = self._table.meta.client
+        self.table_name = table_name
+        self.retention_s = retention_s
+
+    @staticmethod
+    def _now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def _expires(self, extra_s: int = 0) -> int:
+        return int(time.time()) + self.retention_s + extra_s
+
+    # -- runs --------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, workflow: str) -> RunRecord:
+        now = self._now_ms()
+        item = {
+            "pk": _run_pk(run_id),
+            "sk": "META",
+            "workflow": workflow,
+            "status": "QUEUED",
+            "lastSeq": 0,
+            "createdAt": now,
+            "updatedAt": now,
+            "expiresAt": self._expires(),
+        }
+        self._table.put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+        return RunRecord.from_item(item)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        item = self._table.get_item(
+            Key={"pk": _run_pk(run_id), "sk": "META"}, ConsistentRead=True
+        ).get("Item")
+        return RunRecord.from_item(item) if item else None
+
+    def ping(self) -> None:
+        """Raises when the table cannot be reached (for /healthz)."""
+        self._table.get_item(Key={"pk": "HEALTH", "sk": "META"})
+
+    # -- frame log ---------------------------------------------------------------------
+
+    def append_frames(
+        self,
+        run_id: str,
+        frames: list[Frame],
+        owner: str,
+        stream_indexes: dict[str, int] | None = None,
+    ) -> None:
+        """Append frames ``expected+1..`` as one item, fenced by the lease.
+
+        ``frames`` must continue the run's sequence exactly (the caller holds the
+        lease and knows ``lastSeq``). Returns the run as it now is.
+        """
+        first, last = int(frames[0]["seq"]), int(frames[-1]["seq"])
+        status = next((f["status"] for f in reversed(frames) if f["type"] == "status"), None)
+        now = self._now_ms()
+        names = {"#last": "lastSeq", "#owner": "leaseOwner", "#updated": "updatedAt"}
+        values: dict[str, Any] = {
+            ":last": last,
+            ":expected": first - 1,
+            ":owner": owner,
+            ":now": now,
+        }
+        update = "SET #last = :last, #updated = :now"
+        if status is not None:
+            names["#status"] = "status"
+            values[":status"] = status
+            update += ", #status = :status"
+        if stream_indexes:
+            names["#indexes"] = "streamIndexes"
+            values[":indexes"] = stream_indexes
+            update += ", #indexes = :indexes"
+        if any(is_final(f) for f in frames):
+            names["#expires"] = "expiresAt"
+            values[":expires"] = self._expires()
+            update += ", #expires = :expires"
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": _serialize(
+                                {
+                                    "pk": _run_pk(run_id),
+                                    "sk": _frames_sk(first),
+                                    "frames": json.dumps(frames, separators=(",", ":")),
+                                    "lastSeq": last,
+                                    "expiresAt": self._expires(),
+                                }
+                            ),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": _serialize({"pk": _run_pk(run_id), "sk": "META"}),
+                            "UpdateExpression": update,
+                            "ConditionExpression": "#owner = :owner AND #last = :expected",
+                            "ExpressionAttributeNames": names,
+                            "ExpressionAttributeValues": _serialize(values),
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "TransactionCanceledException":
+                raise LeaseLostError(f"run {run_id}: lease lost or sequence moved") from error
+            raise
+
+    def read_frames(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Frame]:
+        """The retained frames with ``seq > after``, in order, at most ``limit``."""
+        pk = _run_pk(run_id)
+        # The item holding seq after+1 starts at or before it: find its key first.
+        start = (
+            self._table.query(
+                KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+                ExpressionAttributeValues={
+                    ":pk": pk,
+                    ":low": _frames_sk(0),
+                    ":high": _frames_sk(after + 1),
+                },
+                ScanIndexForward=False,
+                Limit=1,
+                ConsistentRead=True,
+            ).get("Items")
+            or []
+        )
+        low = start[0]["sk"] if start else _frames_sk(after + 1)
+        frames: list[Frame] = []
+        query: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {":pk": pk, ":low": low, ":high": "F#" + "9" * SEQ_DIGITS},
+            "ConsistentRead": True,
+        }
+        while len(frames) < limit:
+            page = self._table.query(**query)
+            for item in page.get("Items") or []:
+                frames.extend(f for f in json.loads(item["frames"]) if int(f["seq"]) > after)
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return frames[:limit]
+
+    # -- leases ------------------------------------------------------------------------
+
+    def acquire_lease(self, run_id: str, owner: str, lease_s: float) -> RunRecord | None:
+        """Take (or keep) the run's lease; None when another holds an unexpired one."""
+        now = self._now_ms()
+        try:
+            item = self._table.update_item(
+                Key={"pk": _run_pk(run_id), "sk": "META"},
+                UpdateExpression="SET leaseOwner = :owner, leaseExpiresAt = :expires",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(leaseOwner)"
+                    " OR leaseOwner = :owner OR leaseExpiresAt < :now)"
+                ),
+                ExpressionAttributeValues={
+                    ":owner": owner,
+                    ":expires": now + int(lease_s * 1000),
+                    ":now": now,
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return None
+            raise
+        return RunRecord.from_item(item)
+
+    def renew_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
+        try:
+            self._table.update_item(
+                Key={"pk": _run_pk(run_id), "sk": "META"},
+                UpdateExpression="SET leaseExpiresAt = :expires",
+                ConditionExpression="leaseOwner = :owner",
+                ExpressionAttributeValues={
+                    ":owner": owner,
+                    ":expires": self._now_ms() + int(lease_s * 1000),
+                },
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        try:
+            self._table.update_item(
+                Key={"pk": _run_pk(run_id), "sk": "META"},
+                UpdateExpression="REMOVE leaseOwner, leaseExpiresAt",
+                ConditionExpression="leaseOwner = :owner",
+                ExpressionAttributeValues={":owner": owner},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    # -- subscriptions and connections -------------------------------------------------
+
+    def put_subscription(
+        self, run_id: str, connection_id: str, after: int, token_expires_at: int, owner: str | None
+    ) -> Subscription:
+        now = self._now_ms()
+        item: dict[str, Any] = {
+            "pk": _run_pk(run_id),
+            "sk": f"SUB#{connection_id}",
+            "connectionId": connection_id,
+            "after": after,
+            "tokenExpiresAt": token_expires_at,
+            "createdAt": now,
+            "gsi1pk": f"CONN#{connection_id}",
+            "expiresAt": min(token_expires_at, int(time.time()) + CONNECTION_TTL_S),
+        }
+        if owner:  # sparse index: only runs a relay owns are polled by owner
+            item["owner"] = owner
+            item["gsi2sk"] = f"{now:015d}#{run_id}#{connection_id}"
+        self._table.put_item(Item=item)
+        return Subscription.from_item(item)
+
+    def set_subscription_owner(self, run_id: str, connection_id: str, owner: str) -> None:
+        now = self._now_ms()
+        self._table.update_item(
+            Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+            UpdateExpression="SET #owner = :owner, gsi2sk = :sk",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={
+                ":owner": owner,
+                ":sk": f"{now:015d}#{run_id}#{connection_id}",
+            },
+        )
+
+    def delete_subscription(self, run_id: str, connection_id: str) -> bool:
+        deleted = self._table.delete_item(
+            Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in deleted
+
+    def subscriptions_of_run(self, run_id: str) -> list[Subscription]:
+        items = self._query_all(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :sub)",
+            ExpressionAttributeValues={":pk": _run_pk(run_id), ":sub": "SUB#"},
+            ConsistentRead=True,
+        )
+        return [Subscription.from_item(item) for item in items]
+
+    def subscriptions_since(self, owner: str, since_ms: int) -> list[Subscription]:
+        """Subscriptions to any run ``owner`` holds, made after ``since_ms`` (one query)."""
+        items = self._query_all(
+            IndexName="byOwner",
+            KeyConditionExpression="#owner = :owner AND gsi2sk > :since",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":owner": owner, ":since": f"{since_ms:015d}"},
+        )
+        return [Subscription.from_item(item) for item in items]
+
+    def put_connection(self, connection_id: str, run_id: str) -> None:
+        self._table.put_item(
+            Item={
+                "pk": f"CONN#{connection_id}",
+                "sk": "META",
+                "runId": run_id,
+                "connectedAt": self._now_ms(),
+                "expiresAt": int(time.time()) + CONNECTION_TTL_S,
+            }
+        )
+
+    def drop_connection(self, connection_id: str) -> list[str]:
+        """Delete a connection and its subscriptions; returns the runs it was subscribed to."""
+        items = self._query_all(
+            IndexName="byConnection",
+            KeyConditionExpression="gsi1pk = :conn",
+            ExpressionAttributeValues={":conn": f"CONN#{connection_id}"},
+        )
+        with self._table.batch_writer() as batch:
+            for item in items:
+                batch.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+            batch.delete_item(Key={"pk": f"CONN#{connection_id}", "sk": "META"})
+        return [str(item["pk"]).removeprefix("RUN#") for item in items]
+
+    def _query_all(self, **query: Any) -> list[dict[str, Any]]:  # noqa: ANN401
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._table.query(**query)
+            items.extend(page.get("Items") or [])
+            if "LastEvaluatedKey" not in page:
+                return items
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _serialize(values: dict[str, Any]) -> dict[str, Any]:
+    from boto3.dynamodb.types import TypeSerializer  # noqa: PLC0415
+
+    serializer = TypeSerializer()
+    return {key: serializer.serialize(value) for key, value in values.items()}

@@ -1,0 +1,149 @@
+"""The WebSocket API's logic, behind thin Lambda handlers: the token authorizer,
+``$connect``, ``$disconnect``, and the client messages (subscribe, unsubscribe,
+ping; anything else is a ``bad_request``), answered through the management API.
+
+Who sends a subscriber its frames: for a run that has ended, the subscribe
+handler replays the frame log itself; for a live run, the relay that holds the
+run's lease sends the backlog and then live frames. The handler re-reads the
+run after storing the subscription, so a run that ends or changes hands in
+between still reaches the subscriber (a frame may then arrive twice, with the
+same ``seq``: clients drop ``seq <= last``, as the protocol says).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from .connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
+from .observability import logger
+from .protocol import (
+    ErrorCode,
+    Frame,
+    ProtocolError,
+    SubscribeMessage,
+    UnsubscribeMessage,
+    error_frame,
+    pack_messages,
+    parse_client_message,
+    pong_frame,
+    subscribed_frame,
+    unsubscribed_frame,
+)
+from .store import RunRecord, Store
+from .tokens import RunTokens
+
+REPLAY_PAGE = 1000
+
+
+def _lease_holder(run: RunRecord) -> str | None:
+    if run.lease_owner and run.lease_expires_at > time.time() * 1000:
+        return run.lease_owner
+    return None
+
+
+class WebSocketApi:
+    def __init__(self, store: Store, connections: Connections, tokens: RunTokens) -> None:
+        self.store = store
+        self.connections = connections
+        self.tokens = tokens
+
+    # -- $connect and its authorizer ---------------------------------------------------
+
+    def authorize(self, event: dict[str, Any]) -> dict[str, Any]:
+        """REQUEST authorizer: a valid run token in ``?token=`` is allowed, with the run
+        in the context. Raising ``Unauthorized`` makes API Gateway answer 401."""
+        token = (event.get("queryStringParameters") or {}).get("token", "")
+        try:
+            verified = self.tokens.verify(token)
+        except ProtocolError:
+            raise PermissionError("Unauthorized") from None  # API Gateway's 401 convention
+        return {
+            "principalId": verified.run_id,
+            "policyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Action": "execute-api:Invoke",
+                        "Effect": "Allow",
+                        "Resource": event["methodArn"],
+                    }
+                ],
+            },
+            "context": {"runId": verified.run_id, "tokenExpiresAt": verified.expires_at},
+        }
+
+    def connect(self, connection_id: str, authorizer: dict[str, Any] | None) -> dict[str, Any]:
+        run_id = str((authorizer or {}).get("runId", ""))
+        if not run_id:  # deployed without the authorizer: refuse rather than run open
+            return {"statusCode": 401, "body": "a run token is required"}
+        self.store.put_connection(connection_id, run_id)
+        return {"statusCode": 200}
+
+    def disconnect(self, connection_id: str) -> dict[str, Any]:
+        runs = self.store.drop_connection(connection_id)
+        logger.info("connection closed", connection_id=connection_id, runs=runs)
+        return {"statusCode": 200}
+
+    # -- messages ----------------------------------------------------------------------
+
+    def message(self, connection_id: str, body: str | None) -> dict[str, Any]:
+        try:
+            request = parse_client_message(body)
+            if isinstance(request, SubscribeMessage):
+                self._subscribe(connection_id, request)
+            elif isinstance(request, UnsubscribeMessage):
+                self.store.delete_subscription(request.run_id, connection_id)
+                self._post(connection_id, [unsubscribed_frame(request.run_id)])
+            else:
+                self._post(connection_id, [pong_frame()])
+        except ProtocolError as error:
+            self._post(connection_id, [error_frame(error.code, error.message, error.run_id)])
+        except StaleConnectionError:
+            self.store.drop_connection(connection_id)
+        except DeliveryError as error:  # the client will not hear of it; log and move on
+            logger.warning("could not answer", connection_id=connection_id, error=str(error))
+        return {"statusCode": 200}
+
+    def _subscribe(self, connection_id: str, request: SubscribeMessage) -> None:
+        token = self.tokens.verify(request.token, request.run_id)
+        run = self.store.get_run(request.run_id)
+        if run is None:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"run {request.run_id} not found", request.run_id
+            )
+        # Before the subscription exists, so it precedes every frame of the run.
+        self._post(connection_id, [subscribed_frame(run.run_id, run.status, run.last_seq)])
+        if run.final:
+            self._replay(connection_id, run.run_id, request.after)
+            return
+        owner = _lease_holder(run)
+        self.store.put_subscription(
+            run.run_id, connection_id, request.after, token.expires_at, owner
+        )
+        now = self.store.get_run(run.run_id)
+        if now is None or now.final:
+            self._replay(connection_id, run.run_id, request.after)
+            self.store.delete_subscription(run.run_id, connection_id)
+        elif (holder := _lease_holder(now)) and holder != owner:
+            self.store.set_subscription_owner(run.run_id, connection_id, holder)
+
+    def _replay(self, connection_id: str, run_id: str, after: int) -> None:
+        while True:
+            frames = self.store.read_frames(run_id, after, REPLAY_PAGE)
+            if not frames:
+                return
+            self._post(connection_id, frames)
+            after = int(frames[-1]["seq"])
+
+    def _post(self, connection_id: str, frames: list[Frame], attempts: int = 5) -> None:
+        for message in pack_messages(frames):
+            for attempt in range(attempts):
+                try:
+                    self.connections.post(connection_id, message)
+                    break
+                except ThrottledError:
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
