@@ -90,6 +90,14 @@ def apigw_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def relay(_args: argparse.Namespace) -> int:
+    from hatchway.settings import RelaySettings  # noqa: PLC0415
+    from hatchway.wiring import run_relay  # noqa: PLC0415
+
+    asyncio.run(run_relay(RelaySettings()))
+    return 0
+
+
 def demo_worker(args: argparse.Namespace) -> int:
     from hatchet_sdk import Hatchet  # noqa: PLC0415 - slow import, only this command needs it
 
@@ -199,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--slots", type=int, default=50)
     worker.set_defaults(handler=demo_worker)
+
+    commands.add_parser(
+        "relay", help="run the relay (settings from the environment; see docs/design.md)"
+    ).set_defaults(handler=relay)
 
     local = commands.add_parser("dev", help="run the local stack and print its URLs")
     local.add_argument("--hatchet-port", type=int, default=0, help="emulator gRPC port (0: free)")
