@@ -85,11 +85,13 @@ class LambdaFunction:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
         }
+        # The emulator's own values (its management API, its CA) beat the template's,
+        # which name the deployed API Gateway.
         return {
             **defaults,
             **os.environ,
-            **self._extra_env,
             **self.spec.environment,
+            **self._extra_env,
             "_HANDLER": self.spec.handler,
             "AWS_LAMBDA_FUNCTION_NAME": self.spec.logical_id,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.spec.memory_mb),
