@@ -22,8 +22,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv with Python 3.12 and every dependency (pinned by constraints.txt)
 
-dev: install ## run the local stack and print its URLs (Ctrl-C stops everything)
-	$(BIN)/hatchway dev
+PORT ?= 8000
+
+dev: install ## run the whole local stack on $(PORT) and print its URLs (Ctrl-C stops it all)
+	$(BIN)/hatchway dev --port $(PORT)
 
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest -q

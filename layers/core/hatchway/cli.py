@@ -94,7 +94,7 @@ def relay(_args: argparse.Namespace) -> int:
     from hatchway.settings import RelaySettings  # noqa: PLC0415
     from hatchway.wiring import run_relay  # noqa: PLC0415
 
-    asyncio.run(run_relay(RelaySettings()))
+    asyncio.run(run_relay(RelaySettings(), on_ready=lambda: _say("ready")))
     return 0
 
 
@@ -126,29 +126,57 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 
 
 async def _run_dev(args: argparse.Namespace) -> None:
-    from hatchway.hatchet_emulator.server import HatchetEmulator  # noqa: PLC0415
+    from hatchway.local_stack import LocalStack  # noqa: PLC0415
 
     stop = _stop_on_signals()
-    async with HatchetEmulator(grpc_port=args.hatchet_port) as emulator:
-        env = {**os.environ, **emulator.settings()}
-        worker = _spawn([sys.executable, "-m", "hatchway.cli", "demo-worker"], env)
-        try:
-            _say("Hatchway local stack")
-            _say(f"  Hatchet engine emulator (gRPC): {emulator.grpc_address}")
-            _say(f"  Hatchet emulator REST:          {emulator.server_url}")
-            _say("  demo worker: workflows demo-stream, demo-fail")
-            _say("  client settings for hatchet-sdk:")
-            for name, value in emulator.settings().items():
-                _say(f"    {name}={value}")
-            _say("ready")
-            await stop.wait()
-        finally:
-            await asyncio.to_thread(_stop, worker)
+    async with LocalStack(Path(args.template), http_port=args.port, relays=args.relays) as stack:
+        assert stack.gateway is not None  # noqa: S101 - started
+        assert stack.aws is not None  # noqa: S101
+        hatchet = (
+            f"emulator, gRPC {stack.hatchet.grpc_address}, REST {stack.hatchet.server_url}"
+            if stack.hatchet
+            else "the Hatchet named by HATCHET_CLIENT_TOKEN"
+        )
+        _say("Hatchway local stack")
+        _say(f"  HTTP API:       {stack.gateway.http_url}  (POST /runs, GET /runs/{{id}}, /frames)")
+        _say(f"  WebSocket API:  {stack.gateway.websocket_url}")
+        _say(f"  Hatchet:        {hatchet}")
+        _say(f"  AWS (moto):     {stack.aws.endpoint_url}")
+        _say(f"  relays:         {', '.join(stack.relay_processes)}")
+        _say("  demo workflows: demo-stream, demo-fail")
+        _say(
+            f"  try:            .venv/bin/hatchway watch demo-stream --url {stack.gateway.http_url}"
+        )
+        _say(f"ready: {stack.gateway.http_url}")
+        await stop.wait()
 
 
 def dev(args: argparse.Namespace) -> int:
     asyncio.run(_run_dev(args))
     return 0
+
+
+async def _run_watch(args: argparse.Namespace) -> int:
+    from hatchway.watch import Watched, WatchError, start_run, watch  # noqa: PLC0415
+
+    if args.run and not (args.token and args.websocket_url):
+        sys.stderr.write("hatchway watch: --run needs --token and --websocket-url\n")
+        return 2
+    try:
+        if args.run:
+            run = Watched(args.run, args.token, args.websocket_url, last_seq=args.after)
+        else:
+            run = await start_run(args.url.rstrip("/"), args.workflow, json.loads(args.input))
+            sys.stderr.write(f"[run {run.run_id}]\n")
+        status = await watch(run)
+    except (WatchError, OSError, ValueError) as error:
+        sys.stderr.write(f"hatchway watch: {error}\n")
+        return 2
+    return 0 if status == "COMPLETED" else 1
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_watch(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,9 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
         "relay", help="run the relay (settings from the environment; see docs/design.md)"
     ).set_defaults(handler=relay)
 
-    local = commands.add_parser("dev", help="run the local stack and print its URLs")
-    local.add_argument("--hatchet-port", type=int, default=0, help="emulator gRPC port (0: free)")
+    local = commands.add_parser("dev", help="run the whole local stack and print its URLs")
+    local.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "8000")), help="HTTP API port"
+    )
+    local.add_argument("--template", default="template.yaml", help="the SAM template")
+    local.add_argument("--relays", type=int, default=1, help="relay processes to run")
     local.set_defaults(handler=dev)
+
+    watcher = commands.add_parser(
+        "watch", help="start a workflow (or attach to a run) and print its stream live"
+    )
+    watcher.add_argument("workflow", nargs="?", default="demo-stream")
+    watcher.add_argument("--url", default="http://127.0.0.1:8000", help="the HTTP API")
+    watcher.add_argument("--input", default="{}", help="the workflow input as JSON")
+    watcher.add_argument("--run", help="attach to this run id instead of starting one")
+    watcher.add_argument("--token", help="the run token (with --run)")
+    watcher.add_argument("--websocket-url", help="the WebSocket URL (with --run)")
+    watcher.add_argument("--after", type=int, default=0, help="resume after this seq")
+    watcher.set_defaults(handler=watch_command)
     return parser
 
 

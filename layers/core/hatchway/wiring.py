@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 from .connections import Connections
 from .run_queue import RunQueue
@@ -43,7 +44,7 @@ def trigger_app(settings: Settings):  # type: ignore[no-untyped-def]  # noqa: AN
     )
 
 
-async def run_relay(settings: RelaySettings) -> None:
+async def run_relay(settings: RelaySettings, on_ready: Callable[[], None] | None = None) -> None:
     """The relay process until SIGTERM or SIGINT (Python as PID 1 needs its own handler)."""
     from .hatchet_adapter import HatchetEvents  # noqa: PLC0415
     from .relay.service import Relay  # noqa: PLC0415
@@ -59,6 +60,8 @@ async def run_relay(settings: RelaySettings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, relay.stop)
+    if on_ready is not None:
+        loop.call_soon(on_ready)
     try:
         await relay.run()
     finally:
