@@ -1,0 +1,153 @@
+"""The product's first whole path, on the local stack, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from hatchway.demo.workflows import ANNA_KARENINA
+from hatchway.local_stack import LocalStack
+from tests.e2e.conftest import LIVE_STREAM, Api, Client, assert_complete, text_of
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_demo_stream_arrives_whole_in_order_and_completes(api: Api) -> None:
+    run = await api.start("demo-stream", LIVE_STREAM)
+    assert run["status"] == "QUEUED"
+    client = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await client.subscribe(run)
+        frames = await asyncio.wait_for(client.until_final(run["runId"]), 60)
+    finally:
+        await client.close()
+
+    assert client.frames[0] == {"type": "subscribed", "runId": run["runId"], "status": "QUEUED", "lastSeq": 0}
+    assert_complete(frames)
+    assert text_of(frames) == ANNA_KARENINA
+    assert frames[0]["type"] == "status" and frames[0]["status"] == "RUNNING"
+    assert frames[-1]["status"] == "COMPLETED"
+    assert frames[-1]["output"] == {"demo-stream": {"chunks": 37, "characters": len(ANNA_KARENINA)}}
+
+
+async def test_demo_fail_ends_failed_with_its_error(api: Api) -> None:
+    run = await api.start("demo-fail", LIVE_STREAM)
+    client = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await client.subscribe(run)
+        frames = await asyncio.wait_for(client.until_final(run["runId"]), 60)
+    finally:
+        await client.close()
+
+    assert_complete(frames)
+    assert frames[-1]["status"] == "FAILED"
+    assert "demo-fail failed on purpose" in frames[-1]["error"]
+    assert text_of(frames) == ANNA_KARENINA[:30]
+
+
+async def test_two_clients_on_one_run_both_receive_everything(api: Api) -> None:
+    run = await api.start("demo-stream", LIVE_STREAM)
+    clients = [await Client.open(run["websocketUrl"], run["token"]) for _ in range(2)]
+    try:
+        for client in clients:
+            await client.subscribe(run)
+        first, second = await asyncio.wait_for(
+            asyncio.gather(*(c.until_final(run["runId"]) for c in clients)), 60
+        )
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+
+    assert_complete(first)
+    assert first == second
+
+
+async def test_a_client_that_comes_after_the_end_gets_the_full_replay(api: Api) -> None:
+    run = await api.start("demo-stream", LIVE_STREAM)
+    live = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await live.subscribe(run)
+        live_frames = await asyncio.wait_for(live.until_final(run["runId"]), 60)
+    finally:
+        await live.close()
+
+    late = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await late.subscribe(run)
+        replayed = await asyncio.wait_for(late.until_final(run["runId"]), 30)
+        resumed_client = await Client.open(run["websocketUrl"], run["token"])
+        await resumed_client.subscribe(run, after=20)
+        resumed = await asyncio.wait_for(resumed_client.until_final(run["runId"]), 30)
+        await resumed_client.close()
+    finally:
+        await late.close()
+
+    assert late.frames[0]["type"] == "subscribed"
+    assert late.frames[0]["status"] == "COMPLETED"
+    assert replayed == live_frames
+    assert resumed == live_frames[20:]
+
+    status, body = await api.request("GET", f"/runs/{run['runId']}/frames?after=0", token=run["token"])
+    assert status == 200
+    assert body["frames"] == live_frames
+    assert body["final"] is True
+    assert body["next"] == live_frames[-1]["seq"]
+
+
+@pytest.mark.parametrize("token", ["", "not-a-token"])
+async def test_a_connection_without_a_valid_token_is_refused(stack: LocalStack, token: str) -> None:
+    assert stack.gateway is not None
+    with pytest.raises(InvalidStatus) as refused:
+        await Client.open(stack.gateway.websocket_url, token)
+    assert refused.value.response.status_code == 401
+
+
+async def test_each_bad_input_gets_its_error_and_the_connection_keeps_working(api: Api) -> None:
+    run = await api.start("demo-stream", {"start_delay_seconds": 0, "pause_seconds": 0})
+    other = await api.start("demo-stream", {"start_delay_seconds": 0, "pause_seconds": 0})
+    client = await Client.open(run["websocketUrl"], run["token"])
+    cases = [
+        ("this is not json", "bad_request"),
+        ({"action": "dance"}, "bad_request"),
+        ({"action": "subscribe", "runId": run["runId"]}, "bad_request"),
+        ({"action": "subscribe", "runId": run["runId"], "token": run["token"], "after": -3}, "bad_request"),
+        ({"action": "subscribe", "runId": run["runId"], "token": "forged"}, "unauthorized"),
+        ({"action": "subscribe", "runId": run["runId"], "token": other["token"]}, "forbidden"),
+        ({"action": "subscribe", "runId": "no-such-run", "token": run["token"]}, "forbidden"),
+    ]
+    try:
+        for message, code in cases:
+            await client.send(message)
+            frame = await asyncio.wait_for(client.next_frame(), 20)
+            assert frame["type"] == "error", (message, frame)
+            assert frame["code"] == code, (message, frame)
+            await client.send({"action": "ping"})
+            assert await asyncio.wait_for(client.next_frame(), 20) == {"type": "pong"}
+        await client.send({"action": "unsubscribe", "runId": run["runId"]})
+        assert await asyncio.wait_for(client.next_frame(), 20) == {"type": "unsubscribed", "runId": run["runId"]}
+    finally:
+        await client.close()
+
+
+async def test_http_api_errors_have_the_protocol_shape(api: Api) -> None:
+    run = await api.start("demo-stream", {"start_delay_seconds": 0, "pause_seconds": 0})
+    cases = [
+        ("POST", "/runs", {"workflow": "rm-rf"}, None, None, 404, "unknown_workflow"),
+        ("POST", "/runs", None, None, b"{not json", 400, "bad_request"),
+        ("POST", "/runs", {"workflow": 7}, None, None, 400, "bad_request"),
+        ("POST", "/runs", None, None, b"x" * (300 * 1024), 413, "too_large"),
+        ("GET", f"/runs/{run['runId']}", None, None, None, 401, "unauthorized"),
+        ("GET", f"/runs/{run['runId']}", None, "forged", None, 401, "unauthorized"),
+        ("GET", "/runs/someone-elses", None, run["token"], None, 403, "forbidden"),
+        ("GET", "/nowhere", None, None, None, 404, "not_found"),
+    ]
+    for method, path, body, token, raw, status, code in cases:
+        got_status, got = await api.request(method, path, body, token=token, raw=raw)
+        assert (got_status, got["error"]["code"]) == (status, code), (method, path, got)
+        assert got["error"]["message"]
+
+    status, body = await api.request("GET", f"/runs/{run['runId']}", token=run["token"])
+    assert status == 200
+    assert set(body) == {"runId", "workflow", "status", "lastSeq", "createdAt", "updatedAt"}
+    assert (await api.request("GET", "/healthz"))[0] == 200
