@@ -83,7 +83,17 @@ class ConnectionSender:
             try:
                 while not self._queue.empty():  # coalesce what queued up meanwhile
                     frames = frames + self._queue.get_nowait()
-                for message in pack_messages(frames):
+                try:
+                    messages = pack_messages(frames)
+                except ValueError as error:  # an oversized frame: a bug upstream of us
+                    logger.error(
+                        "frame too large to send",
+                        connection_id=self.connection_id,
+                        error=str(error),
+                    )
+                    self.stats.failed += 1
+                    continue
+                for message in messages:
                     if not await self._post(loop, message):
                         return
                 self.stats.frames += len(frames)
