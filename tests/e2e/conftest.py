@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,7 +34,12 @@ class Api:
     base_url: str
 
     async def request(
-        self, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        raw: bytes | None = None,
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with (
@@ -51,7 +55,9 @@ class Api:
             return response.status, await response.json(content_type=None)
 
     async def start(self, workflow: str, input_: dict[str, Any] | None = None) -> dict[str, Any]:
-        status, body = await self.request("POST", "/runs", {"workflow": workflow, "input": input_ or {}})
+        status, body = await self.request(
+            "POST", "/runs", {"workflow": workflow, "input": input_ or {}}
+        )
         assert status == 201, body
         return dict(body)
 
@@ -77,7 +83,9 @@ class Client:
         await self.socket.send(message if isinstance(message, str) else json.dumps(message))
 
     async def subscribe(self, run: dict[str, Any], after: int = 0) -> None:
-        await self.send({"action": "subscribe", "runId": run["runId"], "token": run["token"], "after": after})
+        await self.send(
+            {"action": "subscribe", "runId": run["runId"], "token": run["token"], "after": after}
+        )
 
     async def next_frame(self) -> dict[str, Any]:
         while True:
@@ -120,6 +128,3 @@ def assert_complete(frames: list[dict[str, Any]], *, gaps_allowed: bool = False)
 
 def text_of(frames: list[dict[str, Any]]) -> str:
     return "".join(f["data"] for f in frames if f["type"] == "chunk")
-
-
-__all__ = ["LIVE_STREAM", "Api", "Client", "assert_complete", "text_of", "Path"]

@@ -24,10 +24,15 @@ async def test_demo_stream_arrives_whole_in_order_and_completes(api: Api) -> Non
     finally:
         await client.close()
 
-    assert client.frames[0] == {"type": "subscribed", "runId": run["runId"], "status": "QUEUED", "lastSeq": 0}
+    assert client.frames[0] == {
+        "type": "subscribed",
+        "runId": run["runId"],
+        "status": "QUEUED",
+        "lastSeq": 0,
+    }
     assert_complete(frames)
     assert text_of(frames) == ANNA_KARENINA
-    assert frames[0]["type"] == "status" and frames[0]["status"] == "RUNNING"
+    assert (frames[0]["type"], frames[0]["status"]) == ("status", "RUNNING")
     assert frames[-1]["status"] == "COMPLETED"
     assert frames[-1]["output"] == {"demo-stream": {"chunks": 37, "characters": len(ANNA_KARENINA)}}
 
@@ -88,7 +93,9 @@ async def test_a_client_that_comes_after_the_end_gets_the_full_replay(api: Api) 
     assert replayed == live_frames
     assert resumed == live_frames[20:]
 
-    status, body = await api.request("GET", f"/runs/{run['runId']}/frames?after=0", token=run["token"])
+    status, body = await api.request(
+        "GET", f"/runs/{run['runId']}/frames?after=0", token=run["token"]
+    )
     assert status == 200
     assert body["frames"] == live_frames
     assert body["final"] is True
@@ -111,7 +118,10 @@ async def test_each_bad_input_gets_its_error_and_the_connection_keeps_working(ap
         ("this is not json", "bad_request"),
         ({"action": "dance"}, "bad_request"),
         ({"action": "subscribe", "runId": run["runId"]}, "bad_request"),
-        ({"action": "subscribe", "runId": run["runId"], "token": run["token"], "after": -3}, "bad_request"),
+        (
+            {"action": "subscribe", "runId": run["runId"], "token": run["token"], "after": -3},
+            "bad_request",
+        ),
         ({"action": "subscribe", "runId": run["runId"], "token": "forged"}, "unauthorized"),
         ({"action": "subscribe", "runId": run["runId"], "token": other["token"]}, "forbidden"),
         ({"action": "subscribe", "runId": "no-such-run", "token": run["token"]}, "forbidden"),
@@ -125,7 +135,10 @@ async def test_each_bad_input_gets_its_error_and_the_connection_keeps_working(ap
             await client.send({"action": "ping"})
             assert await asyncio.wait_for(client.next_frame(), 20) == {"type": "pong"}
         await client.send({"action": "unsubscribe", "runId": run["runId"]})
-        assert await asyncio.wait_for(client.next_frame(), 20) == {"type": "unsubscribed", "runId": run["runId"]}
+        assert await asyncio.wait_for(client.next_frame(), 20) == {
+            "type": "unsubscribed",
+            "runId": run["runId"],
+        }
     finally:
         await client.close()
 
