@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
@@ -44,10 +45,21 @@ def _lease_holder(run: RunRecord) -> str | None:
 
 
 class WebSocketApi:
-    def __init__(self, store: Store, connections: Connections, tokens: RunTokens) -> None:
+    def __init__(
+        self, store: Store, connections: Connections, tokens: Callable[[], RunTokens]
+    ) -> None:
         self.store = store
         self.connections = connections
-        self.tokens = tokens
+        # Only the authorizer and subscribe need the signing key (and the right to read
+        # its secret): fetched on first use, then kept for the execution environment.
+        self._tokens = tokens
+        self._token_checker: RunTokens | None = None
+
+    @property
+    def tokens(self) -> RunTokens:
+        if self._token_checker is None:
+            self._token_checker = self._tokens()
+        return self._token_checker
 
     # -- $connect and its authorizer ---------------------------------------------------
 

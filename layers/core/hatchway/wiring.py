@@ -27,7 +27,9 @@ def store(settings: Settings) -> Store:
 
 def websocket_api(settings: Settings) -> WebSocketApi:
     return WebSocketApi(
-        store(settings), Connections(settings.management_api_url or None), run_tokens(settings)
+        store(settings),
+        Connections(settings.management_api_url or None),
+        tokens=lambda: run_tokens(settings),
     )
 
 
