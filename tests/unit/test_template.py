@@ -1,0 +1,540 @@
+"""template.yaml declares what docs/design.md says: functions, routes, data stores,
+the relay, least privilege, outputs. (cfn-lint and `sam validate` check the rest:
+`make check-template`.)"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hatchway.apigw_emulator.template import TemplateReader, load_template
+from tests.conftest import REPO_ROOT
+
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+TEMPLATE = load_template(TEMPLATE_PATH)
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+PARAMETERS: dict[str, Any] = TEMPLATE["Parameters"]
+GLOBAL_FUNCTION: dict[str, Any] = TEMPLATE["Globals"]["Function"]
+
+# docs/design.md, "Resources": function logical id -> (folder under functions/, route)
+FUNCTIONS = {
+    "TriggerFunction": "trigger",
+    "WsAuthorizerFunction": "ws_authorizer",
+    "WsConnectFunction": "ws_connect",
+    "WsDisconnectFunction": "ws_disconnect",
+    "WsSubscribeFunction": "ws_subscribe",
+    "WsUnsubscribeFunction": "ws_unsubscribe",
+    "WsPingFunction": "ws_ping",
+    "WsDefaultFunction": "ws_default",
+}
+ROUTES = {
+    "$connect": "WsConnectFunction",
+    "$disconnect": "WsDisconnectFunction",
+    "subscribe": "WsSubscribeFunction",
+    "unsubscribe": "WsUnsubscribeFunction",
+    "ping": "WsPingFunction",
+    "$default": "WsDefaultFunction",
+}
+POSTING_FUNCTIONS = {
+    "WsSubscribeFunction",
+    "WsUnsubscribeFunction",
+    "WsPingFunction",
+    "WsDefaultFunction",
+}
+CONNECTIONS_SCOPE = {
+    "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}"
+    "/${StageName}/POST/@connections/*"
+}
+MANAGEMENT_ENDPOINT = {
+    "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"
+}
+
+
+def of_type(resource_type: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in RESOURCES.items() if v["Type"] == resource_type}
+
+
+def props(logical_id: str) -> dict[str, Any]:
+    properties: dict[str, Any] = RESOURCES[logical_id].get("Properties") or {}
+    return properties
+
+
+def function_env(logical_id: str) -> dict[str, Any]:
+    own = (props(logical_id).get("Environment") or {}).get("Variables") or {}
+    return {**GLOBAL_FUNCTION["Environment"]["Variables"], **own}
+
+
+def statements() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(holder, statement) for every inline IAM statement: SAM function policies and roles."""
+    for logical_id, resource in RESOURCES.items():
+        properties = resource.get("Properties") or {}
+        if resource["Type"] == "AWS::Serverless::Function":
+            for policy in properties.get("Policies") or []:
+                assert isinstance(policy, dict), f"{logical_id}: only inline statements expected"
+                assert set(policy) == {"Statement"}, f"{logical_id}: {sorted(policy)}"
+                for statement in policy["Statement"]:
+                    yield logical_id, statement
+        elif resource["Type"] == "AWS::IAM::Role":
+            for policy in properties.get("Policies") or []:
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    yield logical_id, statement
+        else:
+            assert resource["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def grants(action: str) -> dict[str, list[dict[str, Any]]]:
+    """Who is allowed ``action`` (directly or by a wildcard), with the statements."""
+    service = action.split(":", maxsplit=1)[0]
+    holders: dict[str, list[dict[str, Any]]] = {}
+    for holder, statement in statements():
+        if statement["Effect"] == "Allow" and {action, f"{service}:*", "*"} & set(
+            actions(statement)
+        ):
+            holders.setdefault(holder, []).append(statement)
+    return holders
+
+
+def design_logical_ids() -> set[str]:
+    """Logical ids in the Resources table of docs/design.md."""
+    text = (REPO_ROOT / "docs" / "design.md").read_text("utf-8")
+    section = text.split("## Resources", 1)[1].split("\n## ", 1)[0]
+    ids: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            first_cell = line.split("|")[1]
+            ids.update(re.findall(r"`([A-Z][A-Za-z0-9]+)`", first_cell))
+    return ids - set(PARAMETERS)  # "named by parameter `StageName`"
+
+
+# -- shape ---------------------------------------------------------------------------
+
+
+def test_a_serverless_resource_comes_first() -> None:
+    """`sam local start-api` crashes when an ApiGatewayV2 resource precedes all of them."""
+    order = list(RESOURCES)
+    assert order[0] == "CoreLayer"
+    assert RESOURCES["CoreLayer"]["Type"] == "AWS::Serverless::LayerVersion"
+    assert RESOURCES["CoreLayer"]["Metadata"]["BuildMethod"] == "python3.12"
+
+
+def test_every_resource_of_the_design_is_declared() -> None:
+    expected = design_logical_ids()
+    assert {"HatchwayTable", "RelayService", "WebSocketStage", "WsTokenAuthorizer"} <= expected
+    assert expected - set(RESOURCES) == set()
+
+
+def test_globals_apply_to_every_function() -> None:
+    assert GLOBAL_FUNCTION["Runtime"] == "python3.12"
+    assert GLOBAL_FUNCTION["Architectures"] == ["x86_64"]
+    assert GLOBAL_FUNCTION["Timeout"] == 10
+    assert GLOBAL_FUNCTION["MemorySize"] == 512
+    assert GLOBAL_FUNCTION["Tracing"] == "Active"
+    assert GLOBAL_FUNCTION["Layers"] == [{"Ref": "CoreLayer"}]
+    assert GLOBAL_FUNCTION["Environment"]["Variables"] == {
+        "TABLE_NAME": {"Ref": "HatchwayTable"},
+        "POWERTOOLS_SERVICE_NAME": "hatchway",
+        "FRAME_RETENTION_SECONDS": {"Ref": "FrameRetentionSeconds"},
+    }
+
+
+def test_functions_are_exactly_the_designed_ones() -> None:
+    functions = of_type("AWS::Serverless::Function")
+    assert set(functions) == set(FUNCTIONS)
+    for logical_id, folder in FUNCTIONS.items():
+        properties = props(logical_id)
+        assert properties["CodeUri"] == f"functions/{folder}/"
+        assert properties.get("Handler", GLOBAL_FUNCTION.get("Handler")) == "app.handler"
+        for key in ("Runtime", "Timeout", "MemorySize", "Layers", "Architectures"):
+            assert key not in properties, f"{logical_id} overrides the global {key}"
+
+
+def test_trigger_serves_the_http_api() -> None:
+    assert RESOURCES["HttpApi"]["Type"] == "AWS::Serverless::HttpApi"
+    events = props("TriggerFunction")["Events"].values()
+    assert all(e["Type"] == "HttpApi" for e in events)
+    assert all(e["Properties"]["ApiId"] == {"Ref": "HttpApi"} for e in events)
+    assert {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events} == {
+        ("POST", "/runs"),
+        ("GET", "/runs/{runId}"),
+        ("GET", "/runs/{runId}/frames"),
+        ("GET", "/healthz"),
+    }
+    assert not any("Events" in props(f) for f in FUNCTIONS if f != "TriggerFunction")
+
+
+def test_trigger_environment() -> None:
+    env = function_env("TriggerFunction")
+    assert env["RUN_QUEUE_URL"] == {"Ref": "RunQueue"}
+    assert env["ALLOWED_WORKFLOWS"] == {"Ref": "AllowedWorkflows"}
+    assert env["WEBSOCKET_URL"] == {
+        "Fn::Sub": "wss://${WebSocketApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"
+    }
+    assert env["TOKEN_SECRET_ARN"] == {"Ref": "TokenSigningSecret"}
+    assert env["TOKEN_TTL_SECONDS"] == {"Ref": "TokenTtlSeconds"}
+    # The Hatchet token is a Secrets Manager dynamic reference, never a plain parameter.
+    assert env["HATCHET_CLIENT_TOKEN"] == {
+        "Fn::Sub": "{{resolve:secretsmanager:${HatchetTokenSecretArn}:SecretString}}"
+    }
+    assert PARAMETERS["AllowedWorkflows"]["Default"] == (
+        "demo-stream,demo-fail,demo-file,demo-big-chunk"
+    )
+
+
+def test_token_key_only_where_tokens_are_minted_or_checked() -> None:
+    with_key = {f for f in FUNCTIONS if "TOKEN_SECRET_ARN" in function_env(f)}
+    assert with_key == {"TriggerFunction", "WsAuthorizerFunction", "WsSubscribeFunction"}
+    assert set(grants("secretsmanager:GetSecretValue")) == with_key | {"RelayExecutionRole"}
+    for holder, found in grants("secretsmanager:GetSecretValue").items():
+        expected = (
+            {"Ref": "HatchetTokenSecretArn"}
+            if holder == "RelayExecutionRole"
+            else {"Ref": "TokenSigningSecret"}
+        )
+        assert all(s["Resource"] == expected for s in found), holder
+
+
+# -- WebSocket API -------------------------------------------------------------------
+
+
+def integration_function(integration_id: str) -> str:
+    uri = props(integration_id)["IntegrationUri"]
+    match = re.fullmatch(
+        r"arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/"
+        r"\$\{(\w+)\.Arn\}/invocations",
+        uri["Fn::Sub"],
+    )
+    assert match, uri
+    return match.group(1)
+
+
+def test_websocket_api() -> None:
+    api = props("WebSocketApi")
+    assert RESOURCES["WebSocketApi"]["Type"] == "AWS::ApiGatewayV2::Api"
+    assert api["ProtocolType"] == "WEBSOCKET"
+    assert api["RouteSelectionExpression"] == "$request.body.action"
+
+
+def test_each_route_has_its_own_integration_and_function() -> None:
+    routes = of_type("AWS::ApiGatewayV2::Route")
+    integrations = of_type("AWS::ApiGatewayV2::Integration")
+    served: dict[str, str] = {}
+    targets = []
+    for route_id in routes:
+        properties = props(route_id)
+        assert properties["ApiId"] == {"Ref": "WebSocketApi"}
+        target = re.fullmatch(r"integrations/\$\{(\w+)\}", properties["Target"]["Fn::Sub"])
+        assert target, properties["Target"]
+        targets.append(target.group(1))
+        integration = props(target.group(1))
+        assert integration["IntegrationType"] == "AWS_PROXY"
+        assert integration["ApiId"] == {"Ref": "WebSocketApi"}
+        served[properties["RouteKey"]] = integration_function(target.group(1))
+    assert served == ROUTES
+    assert sorted(targets) == sorted(integrations)  # one integration per route, none spare
+
+
+def test_only_connect_is_authorized_by_the_token_authorizer() -> None:
+    authorizer = props("WsTokenAuthorizer")
+    assert RESOURCES["WsTokenAuthorizer"]["Type"] == "AWS::ApiGatewayV2::Authorizer"
+    assert authorizer["AuthorizerType"] == "REQUEST"
+    assert authorizer["IdentitySource"] == ["route.request.querystring.token"]
+    assert "WsAuthorizerFunction.Arn" in authorizer["AuthorizerUri"]["Fn::Sub"]
+    for route_id in of_type("AWS::ApiGatewayV2::Route"):
+        properties = props(route_id)
+        if properties["RouteKey"] == "$connect":
+            assert properties["AuthorizationType"] == "CUSTOM"
+            assert properties["AuthorizerId"] == {"Ref": "WsTokenAuthorizer"}
+        else:
+            assert properties.get("AuthorizationType", "NONE") == "NONE"
+            assert "AuthorizerId" not in properties
+
+
+def test_deployment_depends_on_every_route_and_the_stage_is_a_parameter() -> None:
+    deployment = RESOURCES["WebSocketDeployment"]
+    assert set(deployment["DependsOn"]) == set(of_type("AWS::ApiGatewayV2::Route"))
+    stage = props("WebSocketStage")
+    assert stage["StageName"] == {"Ref": "StageName"}
+    assert stage["DeploymentId"] == {"Ref": "WebSocketDeployment"}
+    assert PARAMETERS["StageName"]["Default"] == "prod"
+
+
+def test_one_invoke_permission_per_websocket_function() -> None:
+    permissions = of_type("AWS::Lambda::Permission")
+    invoked = [props(p)["FunctionName"]["Ref"] for p in permissions]
+    assert sorted(invoked) == sorted(f for f in FUNCTIONS if f != "TriggerFunction")
+    for permission_id in permissions:
+        properties = props(permission_id)
+        assert properties["Action"] == "lambda:InvokeFunction"
+        assert properties["Principal"] == "apigateway.amazonaws.com"
+        source = properties["SourceArn"]["Fn::Sub"]
+        assert source.startswith(
+            "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/"
+        )
+    by_function = {props(p)["FunctionName"]["Ref"]: props(p)["SourceArn"] for p in permissions}
+    assert by_function["WsAuthorizerFunction"]["Fn::Sub"].endswith(
+        "/authorizers/${WsTokenAuthorizer}"
+    )
+    for route_key, function in ROUTES.items():
+        assert by_function[function]["Fn::Sub"].endswith(f"/*/{route_key}")
+
+
+def test_manage_connections_only_for_the_relay_and_posting_functions() -> None:
+    holders = grants("execute-api:ManageConnections")
+    assert set(holders) == POSTING_FUNCTIONS | {"RelayTaskRole"}
+    for found in holders.values():
+        assert all(s["Resource"] == CONNECTIONS_SCOPE for s in found)
+    assert set(grants("execute-api:Invoke")) <= set(holders)  # nobody else, by wildcard
+
+
+def test_the_posting_functions_and_the_relay_know_the_management_endpoint() -> None:
+    with_endpoint = {
+        f for f in FUNCTIONS if "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI" in function_env(f)
+    }
+    assert with_endpoint == POSTING_FUNCTIONS
+    assert all(
+        function_env(f)["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] == MANAGEMENT_ENDPOINT
+        for f in with_endpoint
+    )
+    assert relay_environment()["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] == MANAGEMENT_ENDPOINT
+
+
+def test_no_wildcard_actions_and_no_open_resources() -> None:
+    for holder, statement in statements():
+        assert all(not a.endswith(":*") and a != "*" for a in actions(statement)), holder
+        if statement["Resource"] == "*":
+            assert actions(statement) == ["ecr:GetAuthorizationToken"], holder
+
+
+def test_queue_and_table_access_is_role_specific() -> None:
+    assert set(grants("sqs:SendMessage")) == {"TriggerFunction"}
+    assert set(grants("sqs:ReceiveMessage")) == {"RelayTaskRole"}
+    assert set(grants("sqs:DeleteMessage")) == {"RelayTaskRole"}
+    assert "WsAuthorizerFunction" not in grants("dynamodb:GetItem")
+    assert set(grants("s3:PutObject")) == {"RelayTaskRole"}
+    relay_sqs = {a for s in grants("sqs:ReceiveMessage")["RelayTaskRole"] for a in actions(s)}
+    assert relay_sqs == {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
+
+
+# -- data ----------------------------------------------------------------------------
+
+
+def test_table_keys_ttl_and_indexes() -> None:
+    table = props("HatchwayTable")
+    assert RESOURCES["HatchwayTable"]["Type"] == "AWS::DynamoDB::Table"
+    assert "TableName" not in table
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]} == {
+        "pk": "S",
+        "sk": "S",
+        "gsi1pk": "S",
+        "owner": "S",
+        "gsi2sk": "S",
+    }
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {"byConnection", "byOwner"}
+    assert indexes["byConnection"]["KeySchema"] == [
+        {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+        {"AttributeName": "pk", "KeyType": "RANGE"},
+    ]
+    assert indexes["byOwner"]["KeySchema"] == [
+        {"AttributeName": "owner", "KeyType": "HASH"},
+        {"AttributeName": "gsi2sk", "KeyType": "RANGE"},
+    ]
+    assert all(i["Projection"] == {"ProjectionType": "ALL"} for i in indexes.values())
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_run_queue_redrives_to_the_dead_letter_queue() -> None:
+    queue = props("RunQueue")
+    assert queue["VisibilityTimeout"] == 60
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["RunDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": 5,
+    }
+    for queue_id in ("RunQueue", "RunDeadLetterQueue"):
+        assert props(queue_id)["SqsManagedSseEnabled"] is True
+        assert "QueueName" not in props(queue_id)
+
+
+def test_payload_bucket_is_private_encrypted_and_expires() -> None:
+    bucket = props("PayloadBucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [
+        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+    ]
+    assert bucket["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["ExpirationInDays"] == {"Ref": "FrameRetentionDays"}
+    assert PARAMETERS["FrameRetentionDays"]["Default"] == 1
+    assert PARAMETERS["FrameRetentionSeconds"]["Default"] == 86400
+
+
+def test_payload_bucket_refuses_plain_http() -> None:
+    policy = props("PayloadBucketPolicy")
+    assert policy["Bucket"] == {"Ref": "PayloadBucket"}
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert {"Fn::GetAtt": ["PayloadBucket", "Arn"]} in statement["Resource"]
+    assert {"Fn::Sub": "${PayloadBucket.Arn}/*"} in statement["Resource"]
+
+
+def test_token_signing_secret_is_generated() -> None:
+    generate = props("TokenSigningSecret")["GenerateSecretString"]
+    assert generate["PasswordLength"] >= 32  # hatchway.tokens refuses shorter keys
+    assert "SecretString" not in props("TokenSigningSecret")
+
+
+# -- relay ---------------------------------------------------------------------------
+
+
+def relay_container() -> dict[str, Any]:
+    (container,) = props("RelayTaskDefinition")["ContainerDefinitions"]
+    return dict(container)
+
+
+def relay_environment() -> dict[str, Any]:
+    return {e["Name"]: e["Value"] for e in relay_container()["Environment"]}
+
+
+def test_relay_task_definition() -> None:
+    task = props("RelayTaskDefinition")
+    assert task["RequiresCompatibilities"] == ["FARGATE"]
+    assert task["NetworkMode"] == "awsvpc"
+    assert (task["Cpu"], task["Memory"]) == ("512", "1024")
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["RelayTaskRole", "Arn"]}
+    assert task["ExecutionRoleArn"] == {"Fn::GetAtt": ["RelayExecutionRole", "Arn"]}
+    container = relay_container()
+    assert container["Name"] == "relay"
+    assert container["Image"] == {
+        "Fn::Sub": "${AWS::AccountId}.dkr.ecr.${AWS::Region}.amazonaws.com/"
+        "${RelayRepository}:${RelayImageTag}"
+    }
+    assert container["Command"] == ["hatchway", "relay"]  # exec form: SIGTERM reaches Python
+    assert "EntryPoint" not in container
+    assert container["StopTimeout"] == 120
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RelayLogGroup"}
+    assert relay_environment()["TABLE_NAME"] == {"Ref": "HatchwayTable"}
+    assert relay_environment()["RUN_QUEUE_URL"] == {"Ref": "RunQueue"}
+    assert relay_environment()["PAYLOAD_BUCKET"] == {"Ref": "PayloadBucket"}
+    assert container["Secrets"] == [
+        {"Name": "HATCHET_CLIENT_TOKEN", "ValueFrom": {"Ref": "HatchetTokenSecretArn"}}
+    ]
+
+
+def test_relay_image_runs_the_same_command() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text("utf-8")
+    cmd = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    assert len(cmd) == 1
+    assert json.loads(cmd[0].removeprefix("CMD ")) == relay_container()["Command"]
+    assert "STOPSIGNAL SIGTERM" in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users
+    assert users[-1] not in ("root", "0", "0:0")
+    assert "pip install" in dockerfile
+    assert "-c constraints.txt" in dockerfile
+
+
+def test_relay_service_overlaps_deployments_on_the_given_network() -> None:
+    service = props("RelayService")
+    assert service["LaunchType"] == "FARGATE"
+    assert service["DesiredCount"] == {"Ref": "RelayDesiredCount"}
+    assert PARAMETERS["RelayDesiredCount"]["Default"] == 2
+    deployment = service["DeploymentConfiguration"]
+    assert (deployment["MinimumHealthyPercent"], deployment["MaximumPercent"]) == (100, 200)
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network == {
+        "Subnets": {"Ref": "SubnetIds"},
+        "SecurityGroups": {"Ref": "SecurityGroupIds"},
+        "AssignPublicIp": {"Ref": "AssignPublicIp"},
+    }
+    assert PARAMETERS["SubnetIds"]["Type"] == "List<AWS::EC2::Subnet::Id>"
+
+
+def test_relay_repository_and_logs() -> None:
+    repository = props("RelayRepository")
+    assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    (rule,) = json.loads(repository["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    assert rule["selection"]["countType"] == "imageCountMoreThan"
+    assert rule["selection"]["countNumber"] == 10
+    assert props("RelayLogGroup")["RetentionInDays"] == 30
+
+
+# -- parameters, outputs, and the emulator's view ------------------------------------
+
+
+def test_parameters() -> None:
+    assert {
+        "StageName",
+        "RelayImageTag",
+        "SubnetIds",
+        "SecurityGroupIds",
+        "AllowedWorkflows",
+        "FrameRetentionSeconds",
+        "FrameRetentionDays",
+        "HatchetTokenSecretArn",
+        "RelayDesiredCount",
+        "AssignPublicIp",
+    } <= set(PARAMETERS)
+    assert "HatchetClientToken" not in PARAMETERS  # the token lives in Secrets Manager
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "HttpApiUrl",
+        "WebSocketUrl",
+        "TableName",
+        "RunQueueUrl",
+        "PayloadBucketName",
+        "RelayRepositoryUri",
+    ],
+)
+def test_outputs(output: str) -> None:
+    assert output in TEMPLATE["Outputs"]
+
+
+def test_websocket_url_output_is_wss() -> None:
+    assert TEMPLATE["Outputs"]["WebSocketUrl"]["Value"]["Fn::Sub"].startswith("wss://")
+
+
+def test_the_api_gateway_emulator_serves_the_template() -> None:
+    api = TemplateReader(TEMPLATE_PATH).api()
+    assert api.websocket is not None
+    assert api.websocket.stage == "prod"
+    assert {k: r.function.logical_id for k, r in api.websocket.routes.items()} == ROUTES
+    assert api.websocket.authorizer is not None
+    assert api.websocket.authorizer.function.logical_id == "WsAuthorizerFunction"
+    assert {r.route_key for r in api.http_routes} == {
+        "POST /runs",
+        "GET /runs/{runId}",
+        "GET /runs/{runId}/frames",
+        "GET /healthz",
+    }
+    trigger = api.functions["TriggerFunction"]
+    assert trigger.timeout_s == 10
+    assert trigger.layers == ((REPO_ROOT / "layers" / "core").resolve(),)
+    assert trigger.environment["TABLE_NAME"] == "HatchwayTable"  # named by logical id locally
