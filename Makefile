@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install dev test lint format emulator lock clean bench
+.PHONY: help install dev test lint format emulator lock clean bench check-template lock-sam
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,3 +55,35 @@ clean: ## remove the virtual environment and caches
 
 bench: install ## print benchmark figures (startup of the emulator against baselines)
 	$(BIN)/python benchmarks/emulator_startup.py
+
+# --- The template: cfn-lint, `sam validate --lint` and `sam build` (no Docker) ---------
+# aws-sam-cli pins boto3/botocore apart from ours: it lives in its own venv, pinned by
+# constraints-sam.txt. `sam build` runs `python3.12` from PATH (a pyenv shim refuses when
+# another version is selected), so the interpreter's own directory goes first.
+SAM_VENV  := .venv-sam
+SAM_STAMP := $(SAM_VENV)/.installed
+SAM_ENV    = PATH="$$(dirname "$$(scripts/find-python312.sh)"):$$PATH" \
+             AWS_DEFAULT_REGION="$${AWS_DEFAULT_REGION:-us-east-1}" SAM_CLI_TELEMETRY=0
+
+$(SAM_VENV)/bin/python:
+	@py=$$(scripts/find-python312.sh) && echo "using $$py" && "$$py" -m venv $(SAM_VENV)
+	@echo '*' > $(SAM_VENV)/.gitignore
+
+$(SAM_STAMP): $(SAM_VENV)/bin/python constraints-sam.txt
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -c constraints-sam.txt aws-sam-cli
+	@touch $@
+
+check-template: install $(SAM_STAMP) ## cfn-lint, sam validate --lint, sam build of template.yaml
+	$(BIN)/cfn-lint template.yaml
+	$(SAM_ENV) $(SAM_VENV)/bin/sam validate --lint
+	$(SAM_ENV) $(SAM_VENV)/bin/sam build --build-dir .aws-sam/build
+
+lock-sam: ## re-resolve constraints-sam.txt (aws-sam-cli) in a scratch venv
+	rm -rf .lock-sam-venv && $$(scripts/find-python312.sh) -m venv .lock-sam-venv
+	.lock-sam-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-sam-venv/bin/python -m pip install --quiet aws-sam-cli
+	{ echo "# aws-sam-cli for 'make check-template', in its own venv (.venv-sam): its boto3/botocore pins"; \
+	  echo "# differ from the project's. Regenerate with 'make lock-sam'."; \
+	  .lock-sam-venv/bin/python -m pip freeze; } > constraints-sam.txt
+	rm -rf .lock-sam-venv
