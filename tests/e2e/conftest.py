@@ -19,14 +19,30 @@ from tests.conftest import REPO_ROOT
 
 # Slow enough that a subscriber attached right after POST /runs sees it all live;
 # the relay needs a moment to take the run from the queue.
-LIVE_STREAM = {"start_delay_seconds": 2.0, "pause_seconds": 0.01}
+LIVE_STREAM = {"start_delay_seconds": 2.0, "pause_seconds": 0.02}
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
     logs = tmp_path_factory.mktemp("stack-logs")
     async with LocalStack(REPO_ROOT / "template.yaml", http_port=0, log_dir=logs) as running:
+        await warm_up(running)
         yield running
+
+
+async def warm_up(stack: LocalStack) -> None:
+    """One run end to end, so every function has a warm execution environment (as a
+    deployed API has): the tests then see steady-state timing, not cold starts."""
+    assert stack.gateway is not None
+    api = Api(stack.gateway.http_url)
+    run = await api.start("demo-stream", {"start_delay_seconds": 0, "pause_seconds": 0})
+    client = await Client.open(run["websocketUrl"], run["token"])
+    await client.send({"action": "ping"})
+    await client.send({"action": "unsubscribe", "runId": run["runId"]})
+    await client.send("warm up $default")
+    await client.subscribe(run)
+    await client.until_final(run["runId"])
+    await client.close()
 
 
 @dataclass

@@ -24,12 +24,9 @@ async def test_demo_stream_arrives_whole_in_order_and_completes(api: Api) -> Non
     finally:
         await client.close()
 
-    assert client.frames[0] == {
-        "type": "subscribed",
-        "runId": run["runId"],
-        "status": "QUEUED",
-        "lastSeq": 0,
-    }
+    subscribed = client.frames[0]
+    assert (subscribed["type"], subscribed["runId"]) == ("subscribed", run["runId"])
+    assert subscribed["lastSeq"] < len(frames) // 2  # the stream arrived live, not as a replay
     assert_complete(frames)
     assert text_of(frames) == ANNA_KARENINA
     assert (frames[0]["type"], frames[0]["status"]) == ("status", "RUNNING")

@@ -96,6 +96,8 @@ class Subscription:
 class Store:
     def __init__(self, table_name: str, retention_s: int = 86400, resource: Any = None) -> None:  # noqa: ANN401
         self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        # The resource's client serializes Python values itself (boto3's transformation
+        # hooks), so transactions take plain values like the Table methods do.
         self._client = self._table.meta.client
         self.table_name = table_name
         self.retention_s = retention_s
@@ -177,26 +179,24 @@ class Store:
                     {
                         "Put": {
                             "TableName": self.table_name,
-                            "Item": _serialize(
-                                {
-                                    "pk": _run_pk(run_id),
-                                    "sk": _frames_sk(first),
-                                    "frames": json.dumps(frames, separators=(",", ":")),
-                                    "lastSeq": last,
-                                    "expiresAt": self._expires(),
-                                }
-                            ),
+                            "Item": {
+                                "pk": _run_pk(run_id),
+                                "sk": _frames_sk(first),
+                                "frames": json.dumps(frames, separators=(",", ":")),
+                                "lastSeq": last,
+                                "expiresAt": self._expires(),
+                            },
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
                     {
                         "Update": {
                             "TableName": self.table_name,
-                            "Key": _serialize({"pk": _run_pk(run_id), "sk": "META"}),
+                            "Key": {"pk": _run_pk(run_id), "sk": "META"},
                             "UpdateExpression": update,
                             "ConditionExpression": "#owner = :owner AND #last = :expected",
                             "ExpressionAttributeNames": names,
-                            "ExpressionAttributeValues": _serialize(values),
+                            "ExpressionAttributeValues": values,
                         }
                     },
                 ]
@@ -386,10 +386,3 @@ class Store:
             if "LastEvaluatedKey" not in page:
                 return items
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _serialize(values: dict[str, Any]) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeSerializer  # noqa: PLC0415
-
-    serializer = TypeSerializer()
-    return {key: serializer.serialize(value) for key, value in values.items()}
