@@ -51,7 +51,7 @@ class LocalStack:
     http_port: int = 8000
     relays: int = 1
     relay_env: dict[str, str] = field(default_factory=dict)
-    log_dir: Path | None = None  # where the worker's and relays' output go (else inherited)
+    log_dir: Path | None = None  # where the worker's and relays' output go (else stderr)
     idle_timeout_s: float = 600.0
 
     aws: LocalAws | None = None
@@ -91,9 +91,9 @@ class LocalStack:
             **self.relay_env,
         }
 
-    def _output(self, name: str) -> IO[bytes] | None:
+    def _output(self, name: str) -> IO[bytes] | IO[str]:
         if self.log_dir is None:
-            return None
+            return sys.stderr  # logs; stdout stays for what the stack prints for people
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
@@ -105,7 +105,7 @@ class LocalStack:
             [sys.executable, "-m", "hatchway.cli", *args],
             env=env,
             stdout=output,
-            stderr=subprocess.STDOUT if output else None,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us; we stop each group ourselves
         )
 
