@@ -141,8 +141,8 @@ def test_queue_as_declared(aws: LocalAws) -> None:
 
 
 def test_queue_send_receive_and_redrive(aws: LocalAws, tmp_path: Path) -> None:
-    """On a copy of the template's two queues: moto's state is per process, and a
-    session's local stack (tests/e2e) may hold messages in the real RunQueue."""
+    """On a copy of the template's two queues, so the server's own RunQueue stays
+    as the template made it for the other tests of this module."""
     resources = load_template(TEMPLATE)["Resources"]
     copy = {"Resources": {q: resources[q] for q in ("RunQueue", "RunDeadLetterQueue")}}
     text = json.dumps(copy).replace('"RunQueue"', '"CopyRunQueue"')
@@ -283,3 +283,24 @@ def test_server_stop_is_idempotent() -> None:
     assert url.startswith("http://127.0.0.1:")
     server.stop()
     server.stop()
+
+
+def test_two_servers_keep_their_own_state(aws: LocalAws) -> None:
+    """A test's own local AWS must not share queues with a session's stack, whose
+    relays would otherwise take the test's runs."""
+    with start_local_aws(TEMPLATE) as other:
+        assert other.queue_url("RunQueue") != aws.queue_url("RunQueue")
+        body = f'{{"runId": "{uuid.uuid4().hex}"}}'
+        client(other, "sqs").send_message(QueueUrl=other.queue_url("RunQueue"), MessageBody=body)
+        mine = client(aws, "sqs").receive_message(
+            QueueUrl=aws.queue_url("RunQueue"), MaxNumberOfMessages=10, WaitTimeSeconds=0
+        )
+        assert body not in [message["Body"] for message in mine.get("Messages", [])]
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LocalAwsError, match="moto did not start"):
+            MotoServer(port=taken.getsockname()[1]).start(timeout_s=10)

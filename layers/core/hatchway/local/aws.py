@@ -10,8 +10,8 @@ that only mean something on AWS are left out: tags, KMS keys, bucket policies
 
 Creating is idempotent: what already exists (same key schema, same queue
 attributes) is kept, secrets keep their value; a resource that exists with a
-different shape raises :class:`LocalAwsError`. moto keeps its state per process,
-so two servers started by one process share the same resources.
+different shape raises :class:`LocalAwsError`. Each server is a process of its
+own, with its own state.
 
     aws = start_local_aws(Path("template.yaml"))
     boto3.client("sqs", endpoint_url=aws.endpoint_url, **aws.client_kwargs())
@@ -20,17 +20,22 @@ so two servers started by one process share the same resources.
 
 from __future__ import annotations
 
+import io
 import json
-import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Any, Self
 
 import boto3
 from botocore.exceptions import ClientError
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from hatchway.apigw_emulator.template import PSEUDO_PARAMETERS, TemplateReader
 from hatchway.observability import logger
@@ -83,24 +88,77 @@ def _error_code(error: ClientError) -> str:
 
 
 class MotoServer:
-    """moto's threaded server on ``host``; ``port`` 0 takes a free port."""
+    """moto's server in a child process on ``host``; ``port`` 0 takes a free port.
+
+    A process of its own because moto keeps its state per process: two servers in
+    one process (a test session's stack and a test's own) would share every queue
+    and table, and one stack's relays would take the other's runs."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.host, self.port = host, port
         self.endpoint_url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] = io.BytesIO()
 
-    def start(self) -> str:
-        # werkzeug logs every request on stderr unless told otherwise.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
-        return self.endpoint_url
+    def start(self, timeout_s: float = 30.0) -> str:
+        error = ""
+        for _ in range(3):  # a free port can be taken between choosing and binding it
+            port = self.port or _free_port(self.host)
+            command = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)]
+            # A file, not a pipe: moto logs every request, and nobody reads a pipe.
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _stop_process
+            self._process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+                command, stdout=self._log, stderr=subprocess.STDOUT
+            )
+            endpoint_url = f"http://{self.host}:{port}"
+            if _wait_until_serving(self._process, endpoint_url, timeout_s):
+                self.endpoint_url = endpoint_url
+                return endpoint_url
+            error = self._stop_process()
+            if self.port:  # the caller's port: trying again would not help
+                break
+        raise LocalAwsError(f"moto did not start on {self.host}: {error}")
 
     def stop(self) -> None:
-        if self.endpoint_url:
-            self._server.stop()
-            self.endpoint_url = ""
+        self._stop_process()
+        self.endpoint_url = ""
+
+    def _stop_process(self) -> str:
+        """Stop moto; the last line it logged."""
+        process, self._process = self._process, None
+        if process is None:
+            return ""
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self._log.seek(0)
+        last_lines = self._log.read().decode(errors="replace").strip().splitlines()[-1:]
+        self._log.close()
+        return last_lines[0] if last_lines else f"exit status {process.returncode}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until_serving(
+    process: subprocess.Popen[bytes], endpoint_url: str, timeout_s: float
+) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=1):  # noqa: S310 - our own local URL
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 @dataclass(frozen=True)
