@@ -63,10 +63,22 @@ async def test_early_subscriber_receives_the_whole_text_in_order(hatchet: Hatche
 
 
 async def test_events_carry_indexes_and_end_with_a_run_hangup(
-    hatchet: Hatchet, raw_events: RawEvents
+    hatchet: Hatchet, raw_events: RawEvents, emulator: HatchetEmulator
 ) -> None:
-    run_id = await start(hatchet, "demo-stream", FAST_STREAM)
-    events = await collect(raw_events.subscribe(run_id))
+    # Workers paused until the subscription is open: events are live-only, and on a
+    # slow machine STARTED could otherwise come before the subscriber attached.
+    workers = list(emulator.engine.workers)
+    for worker_id in workers:
+        emulator.engine.set_paused(worker_id, paused=True)
+    try:
+        run_id = await start(hatchet, "demo-stream", FAST_STREAM)
+        subscriber = asyncio.create_task(collect(raw_events.subscribe(run_id)))
+        while emulator.engine.subscription_count(run_id) == 0:  # noqa: ASYNC110 - the engine has no event for it
+            await asyncio.sleep(0.01)
+    finally:
+        for worker_id in workers:
+            emulator.engine.set_paused(worker_id, paused=False)
+    events = await asyncio.wait_for(subscriber, 60)
 
     kinds = [describe(e) for e in events]
     # STARTED travels through another worker process than the chunks, so it may
