@@ -6,6 +6,7 @@ Connection settings are hatchet-sdk's own (``HATCHET_CLIENT_*``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -99,13 +100,21 @@ class HatchetEvents:
         self._dispatcher = dispatcher_pb2_grpc.DispatcherStub(self._channel)
         self._admin = workflows_pb2_grpc.AdminServiceStub(self._channel)
 
-    async def events(self, run_id: str) -> AsyncIterator[HatchetEvent]:
-        """The run's live events until its hangup; raises grpc.aio.AioRpcError on a break."""
+    async def events(
+        self, run_id: str, sent: asyncio.Event | None = None
+    ) -> AsyncIterator[HatchetEvent]:
+        """The run's live events until its hangup; raises grpc.aio.AioRpcError on a break.
+
+        ``sent`` is set once the subscription request has left (Hatchet acknowledges
+        nothing before the first event)."""
         call = self._dispatcher.SubscribeToWorkflowEvents(
             dispatcher_pb2.SubscribeToWorkflowEventsRequest(workflow_run_id=run_id),
             metadata=self._metadata,
         )
         try:
+            if sent is not None:
+                await call.wait_for_connection()
+                sent.set()
             async for event in call:
                 yield HatchetEvent(
                     resource=dispatcher_pb2.ResourceType.Name(event.resource_type).removeprefix(

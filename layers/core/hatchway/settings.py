@@ -36,7 +36,13 @@ class RelaySettings(Settings):
     poll_ms: float = Field(default=100.0, gt=0, alias="RELAY_POLL_MS")
     max_runs: int = Field(default=500, ge=1, alias="RELAY_MAX_RUNS")
     queue_wait_seconds: int = Field(default=20, ge=0, le=20, alias="RELAY_QUEUE_WAIT_SECONDS")
-    visibility_seconds: int = Field(default=60, ge=10, alias="RELAY_VISIBILITY_SECONDS")
+    # A run's message reappears this long after its relay died: keep it near the lease.
+    visibility_seconds: int = Field(default=30, ge=1, alias="RELAY_VISIBILITY_SECONDS")
+    # SIGTERM: how long a stopping relay waits for another to claim each run (ECS
+    # allows 120 s in all), and how long a successor lets its subscription reach
+    # Hatchet before claiming (Hatchet acknowledges nothing before the first event).
+    handover_seconds: float = Field(default=30.0, gt=0, le=90, alias="RELAY_HANDOVER_SECONDS")
+    handover_grace_ms: float = Field(default=500.0, ge=0, alias="RELAY_HANDOVER_GRACE_MS")
 
 
 @cache

@@ -54,10 +54,17 @@ class RunRecord:
     # The last Hatchet stream event_index logged per task: a relay that takes the
     # run over drops what was logged already and marks a gap for what was missed.
     stream_indexes: dict[str, int] | None = None
+    # A graceful handover (SIGTERM): the holder offers the run, a successor that has
+    # already subscribed to Hatchet claims it, the holder hands the lease over.
+    handover_from: str | None = None
+    successor: str | None = None
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    def lease_held(self, now_ms: int) -> bool:
+        return bool(self.lease_owner) and self.lease_expires_at >= now_ms
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> RunRecord:
@@ -71,6 +78,8 @@ class RunRecord:
             lease_owner=item.get("leaseOwner"),
             lease_expires_at=_int(item.get("leaseExpiresAt")),
             stream_indexes={k: _int(v) for k, v in (item.get("streamIndexes") or {}).items()},
+            handover_from=item.get("handoverFrom"),
+            successor=item.get("successor"),
         )
 
 
@@ -184,6 +193,7 @@ class Store:
                                 "sk": _frames_sk(first),
                                 "frames": json.dumps(frames, separators=(",", ":")),
                                 "lastSeq": last,
+                                "writer": owner,  # who held the lease: one per run at a time
                                 "expiresAt": self._expires(),
                             },
                             "ConditionExpression": "attribute_not_exists(pk)",
@@ -248,7 +258,10 @@ class Store:
         try:
             item = self._table.update_item(
                 Key={"pk": _run_pk(run_id), "sk": "META"},
-                UpdateExpression="SET leaseOwner = :owner, leaseExpiresAt = :expires",
+                UpdateExpression=(
+                    "SET leaseOwner = :owner, leaseExpiresAt = :expires"
+                    " REMOVE handoverFrom, successor"
+                ),
                 ConditionExpression=(
                     "attribute_exists(pk) AND (attribute_not_exists(leaseOwner)"
                     " OR leaseOwner = :owner OR leaseExpiresAt < :now)"
@@ -287,13 +300,60 @@ class Store:
         try:
             self._table.update_item(
                 Key={"pk": _run_pk(run_id), "sk": "META"},
-                UpdateExpression="REMOVE leaseOwner, leaseExpiresAt",
+                UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, handoverFrom, successor",
                 ConditionExpression="leaseOwner = :owner",
                 ExpressionAttributeValues={":owner": owner},
             )
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+
+    def _update_if(self, run_id: str, **update: Any) -> bool:  # noqa: ANN401
+        """A conditional update of the run's META; False when the condition failed."""
+        try:
+            self._table.update_item(Key={"pk": _run_pk(run_id), "sk": "META"}, **update)
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def offer_handover(self, run_id: str, owner: str) -> bool:
+        """The holder, stopping, offers its run to a successor."""
+        return self._update_if(
+            run_id,
+            UpdateExpression="SET handoverFrom = :owner REMOVE successor",
+            ConditionExpression="leaseOwner = :owner",
+            ExpressionAttributeValues={":owner": owner},
+        )
+
+    def claim_handover(self, run_id: str, successor: str) -> bool:
+        """A relay already subscribed to the run's Hatchet events claims an offered run."""
+        return self._update_if(
+            run_id,
+            UpdateExpression="SET successor = :successor",
+            ConditionExpression=(
+                "attribute_exists(handoverFrom) AND handoverFrom = leaseOwner"
+                " AND (attribute_not_exists(successor) OR successor = :successor)"
+            ),
+            ExpressionAttributeValues={":successor": successor},
+        )
+
+    def transfer_lease(self, run_id: str, owner: str, successor: str, lease_s: float) -> bool:
+        """The holder, having logged everything it will, gives the lease to its successor."""
+        return self._update_if(
+            run_id,
+            UpdateExpression=(
+                "SET leaseOwner = :successor, leaseExpiresAt = :expires"
+                " REMOVE handoverFrom, successor"
+            ),
+            ConditionExpression="leaseOwner = :owner AND successor = :successor",
+            ExpressionAttributeValues={
+                ":owner": owner,
+                ":successor": successor,
+                ":expires": self._now_ms() + int(lease_s * 1000),
+            },
+        )
 
     # -- subscriptions and connections -------------------------------------------------
 
@@ -329,6 +389,20 @@ class Store:
                 ":sk": f"{now:015d}#{run_id}#{connection_id}",
             },
         )
+
+    def advance_subscription(self, run_id: str, connection_id: str, after: int) -> None:
+        """Record what a subscriber has been sent, so the run's next relay goes on from there."""
+        try:
+            self._table.update_item(
+                Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+                UpdateExpression="SET #after = :after",
+                ConditionExpression="attribute_exists(pk) AND #after < :after",
+                ExpressionAttributeNames={"#after": "after"},
+                ExpressionAttributeValues={":after": after},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def delete_subscription(self, run_id: str, connection_id: str) -> bool:
         deleted = self._table.delete_item(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +68,7 @@ class RunFollower:
         self.subscribers: dict[str, Subscriber] = {}
         self.finished = asyncio.Event()
         self.lease_lost = False
+        self.handing_over = False
         self.log_writes = 0
 
     @property
@@ -79,15 +80,19 @@ class RunFollower:
 
     # -- following Hatchet -------------------------------------------------------------
 
-    async def follow(self) -> None:
-        """Run until the run's final frame is logged (or the lease is lost)."""
+    async def follow(self, events: AsyncIterator[HatchetEvent] | None = None) -> None:
+        """Run until the run's final frame is logged (or the lease is lost).
+
+        ``events``: a subscription opened before this relay held the lease (a
+        handover); what the previous holder logged already is dropped by index."""
         for subscription in await self._io(self._store.subscriptions_of_run, self.run_id):
             await self.add_subscriber(subscription)
         attempt = 0
         while not self.final and not self.lease_lost:
             saw_events = False
+            stream, events = events or self._hatchet.events(self.run_id), None
             try:
-                async for event in self._hatchet.events(self.run_id):
+                async for event in stream:
                     saw_events = True
                     attempt = 0
                     self._on_event(event)
@@ -112,6 +117,8 @@ class RunFollower:
         self.finished.set()
 
     def _on_event(self, event: HatchetEvent) -> None:
+        if self.handing_over:
+            return  # the successor, subscribed before it claimed the run, logs these
         if event.resource == "WORKFLOW_RUN":
             if event.kind in FINAL_STATUSES:
                 self._finish(event.kind, event.payload)
@@ -248,6 +255,33 @@ class RunFollower:
 
     def remove_subscriber(self, connection_id: str) -> None:
         self.subscribers.pop(connection_id, None)
+
+    async def transfer(self, successor: str, lease_s: float, drain_s: float) -> bool:
+        """Hand the run to a successor already subscribed to its Hatchet events: stop
+        taking events, log the pending ones, let the subscribers' senders post what
+        they hold, record how far each got, then pass the lease (False if lost)."""
+        self.handing_over = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        await self.flush()
+        if self.lease_lost:
+            return False
+        senders = {c: self._sender_for(c) for c in self.subscribers}
+        await asyncio.gather(*(sender.drain(drain_s) for sender in senders.values()))
+        for connection_id, subscriber in list(self.subscribers.items()):
+            if senders[connection_id].idle:  # all it was handed is posted
+                await self._io(
+                    self._store.advance_subscription,
+                    self.run_id,
+                    connection_id,
+                    subscriber.cursor,
+                )
+        transferred = bool(
+            await self._io(self._store.transfer_lease, self.run_id, self.owner, successor, lease_s)
+        )
+        self.lease_lost = True  # from here on the successor writes
+        self.finished.set()
+        return transferred
 
     async def hand_over(self) -> None:
         """Stop following: log what was received, release the lease (SIGTERM)."""

@@ -6,8 +6,12 @@
 - keeps its SQS messages invisible (heartbeat) and its leases fresh while it
   follows their runs; deletes a run's message once its final frame is logged;
 - finds new subscribers to all its runs with one query per tick (GSI by owner);
-- on SIGTERM hands its runs over: logs what it received, releases the leases,
-  makes the messages visible again, drains its senders, well inside ECS's 120 s.
+- on SIGTERM hands its runs over without a gap: it offers each run and makes its
+  message visible again; another relay takes the message, subscribes to the run's
+  Hatchet events, then claims the run; only then does the stopping relay log what
+  it holds and pass the lease, and the successor drops what was logged already by
+  each task's ``event_index``. A run nobody claims in time is released (the next
+  relay marks a gap). All well inside ECS's 120 s stop timeout.
 
 Blocking AWS calls run in a thread pool; the event loop only schedules.
 """
@@ -20,21 +24,23 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from hatchway.connections import Connections
-from hatchway.hatchet_adapter import HatchetEvents
+from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
 from hatchway.run_queue import QueuedRun, RunQueue
 from hatchway.settings import RelaySettings
-from hatchway.store import Store, Subscription
+from hatchway.store import RunRecord, Store, Subscription
 
 from .fanout import ConnectionSender, DeliveryStats
 from .run_follower import RunFollower
 
 SUBSCRIPTION_OVERLAP_MS = 5_000  # re-read this far back: writers' clocks and commits lag
+HANDOVER_POLL_S = 0.1  # how often both sides of a handover look at the run
 
 
 @dataclass
@@ -42,6 +48,7 @@ class HeldRun:
     follower: RunFollower
     message: QueuedRun
     task: asyncio.Task[None]
+    handing_over: bool = False  # offered to a successor: its message is no longer ours
 
 
 class Relay:
@@ -67,6 +74,7 @@ class Relay:
         self.senders: dict[str, ConnectionSender] = {}
         self.delivered = DeliveryStats()
         self._stopping = asyncio.Event()
+        self._successors: dict[str, asyncio.Task[None]] = {}
         self._seen: dict[tuple[str, str, int], float] = {}
         self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
 
@@ -77,30 +85,74 @@ class Relay:
 
     async def run(self) -> None:
         logger.info("relay started", owner=self.owner)
-        loops = [
-            asyncio.create_task(self._receive_loop()),
+        receiving = asyncio.create_task(self._receive_loop())
+        # Leases stay fresh and subscribers keep arriving while runs are handed over.
+        keeping = [
             asyncio.create_task(self._subscription_loop()),
             asyncio.create_task(self._heartbeat_loop()),
         ]
         await self._stopping.wait()
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        started = time.monotonic()
+        receiving.cancel()
+        for successor in list(self._successors.values()):
+            successor.cancel()
+        await asyncio.gather(receiving, *self._successors.values(), return_exceptions=True)
         await self._hand_over_all()
-        logger.info("relay stopped", owner=self.owner, **self.delivered.__dict__)
+        for task in keeping:
+            task.cancel()
+        await asyncio.gather(*keeping, return_exceptions=True)
+        await self._close_senders()
+        logger.info(
+            "relay stopped",
+            owner=self.owner,
+            stop_seconds=round(time.monotonic() - started, 3),
+            **self.delivered.__dict__,
+        )
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def _hand_over_all(self) -> None:
         held = list(self.runs.values())
-        for run in held:
-            run.task.cancel()
-        await asyncio.gather(*(r.task for r in held), return_exceptions=True)
-        for run in held:
-            with contextlib.suppress(Exception):
-                await run.follower.hand_over()
-                await self._io(self._queue.release, run.message.receipt_handle)
+        results = await asyncio.gather(*(self._hand_over(r) for r in held), return_exceptions=True)
+        for run, result in zip(held, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("handover failed", run_id=run.follower.run_id, error=str(result))
+
+    async def _hand_over(self, held: HeldRun) -> None:
+        """Offer the run; pass it to the first relay that claims it, else release it."""
+        follower = held.follower
+        run_id = follower.run_id
+        offered = await self._io(self._store.offer_handover, run_id, self.owner)
+        held.handing_over = True
+        await self._io(self._queue.release, held.message.receipt_handle)
+        deadline = time.monotonic() + self.settings.handover_seconds
+        while offered and not follower.finished.is_set() and time.monotonic() < deadline:
+            run = await self._io(self._store.get_run, run_id)
+            if run is None or run.final or run.lease_owner != self.owner:
+                break
+            if run.successor:
+                transferred = await follower.transfer(
+                    run.successor, self.settings.lease_seconds, drain_s=5.0
+                )
+                held.task.cancel()
+                await asyncio.gather(held.task, return_exceptions=True)
+                logger.info(
+                    "run handed over",
+                    run_id=run_id,
+                    successor=run.successor,
+                    transferred=transferred,
+                    last_seq=follower.logged_seq,
+                )
+                return
+            await asyncio.sleep(HANDOVER_POLL_S)
+        held.task.cancel()
+        await asyncio.gather(held.task, return_exceptions=True)
+        if not follower.final:
+            await follower.hand_over()
+            logger.info("run released without a successor", run_id=run_id)
+
+    async def _close_senders(self) -> None:
         await asyncio.gather(*(s.drain(10.0) for s in self.senders.values()))
         for sender in self.senders.values():
             self.delivered.add(sender.stats)
@@ -134,26 +186,39 @@ class Relay:
         if held is not None:  # our own message came back: keep the newest receipt
             held.message = message
             return
+        if message.run_id in self._successors:
+            return  # a duplicate of a message we are taking over with
         run = await self._io(
             self._store.acquire_lease, message.run_id, self.owner, self.settings.lease_seconds
         )
         if run is None:
-            current = await self._io(self._store.get_run, message.run_id)
-            if current is None:
-                logger.warning("queued run unknown; dropping its message", run_id=message.run_id)
-                await self._io(self._queue.delete, message.receipt_handle)
-                return
-            if current.final:
-                await self._io(self._queue.delete, message.receipt_handle)
-                return
-            # Another relay holds it: look again when its lease could have lapsed.
-            wait_s = max(1, int((current.lease_expires_at - time.time() * 1000) / 1000) + 1)
-            await self._io(self._queue.extend, message.receipt_handle, min(wait_s, 43_200))
+            await self._held_elsewhere(message)
             return
         if run.final:
             await self._io(self._store.release_lease, run.run_id, self.owner)
             await self._io(self._queue.delete, message.receipt_handle)
             return
+        self._start_following(run, message)
+
+    async def _held_elsewhere(self, message: QueuedRun) -> None:
+        """The run's lease is another relay's (or the run is gone or over)."""
+        current = await self._io(self._store.get_run, message.run_id)
+        if current is None:
+            logger.warning("queued run unknown; dropping its message", run_id=message.run_id)
+            await self._io(self._queue.delete, message.receipt_handle)
+        elif current.final:
+            await self._io(self._queue.delete, message.receipt_handle)
+        elif current.handover_from and current.handover_from == current.lease_owner:
+            task = asyncio.create_task(self._succeed(message))
+            self._successors[message.run_id] = task
+            task.add_done_callback(lambda _: self._successors.pop(message.run_id, None))
+        else:  # a duplicate, or its holder died: look again when the lease could have lapsed
+            wait_s = max(1, int((current.lease_expires_at - time.time() * 1000) / 1000) + 1)
+            await self._io(self._queue.extend, message.receipt_handle, min(wait_s, 43_200))
+
+    def _start_following(
+        self, run: RunRecord, message: QueuedRun, events: AsyncIterator[HatchetEvent] | None = None
+    ) -> None:
         follower = RunFollower(
             run,
             owner=self.owner,
@@ -163,13 +228,55 @@ class Relay:
             sender_for=self._sender,
             coalesce_s=self.settings.coalesce_ms / 1000,
         )
-        task = asyncio.create_task(self._follow(follower))
+        task = asyncio.create_task(self._follow(follower, events))
         self.runs[run.run_id] = HeldRun(follower, message, task)
         logger.info("following run", run_id=run.run_id, last_seq=run.last_seq)
 
-    async def _follow(self, follower: RunFollower) -> None:
+    async def _succeed(self, message: QueuedRun) -> None:
+        """Take over a run its holder offers: subscribe to its Hatchet events first,
+        then claim it, then wait for the lease; the events that arrived meanwhile
+        are followed from the log's position (what was logged is dropped by index)."""
+        run_id = message.run_id
+        lease_s = self.settings.lease_seconds
+        await self._io(
+            self._queue.extend,
+            message.receipt_handle,
+            int(self.settings.handover_seconds + lease_s) + 1,
+        )
+        sent = asyncio.Event()
+        buffered: asyncio.Queue[HatchetEvent | BaseException | None] = asyncio.Queue()
+        pump = asyncio.create_task(_pump(self._hatchet.events(run_id, sent), buffered))
         try:
-            await follower.follow()
+            await asyncio.wait_for(sent.wait(), 10)
+            await asyncio.sleep(self.settings.handover_grace_ms / 1000)  # reaching the engine
+            run = None
+            if await self._io(self._store.claim_handover, run_id, self.owner):
+                deadline = time.monotonic() + self.settings.handover_seconds + lease_s
+                while time.monotonic() < deadline:
+                    current = await self._io(self._store.get_run, run_id)
+                    if current is None or current.final:
+                        break
+                    if current.lease_owner == self.owner or not current.lease_held(
+                        int(time.time() * 1000)
+                    ):
+                        run = await self._io(self._store.acquire_lease, run_id, self.owner, lease_s)
+                        break
+                    await asyncio.sleep(HANDOVER_POLL_S)
+        except BaseException:
+            pump.cancel()
+            raise
+        if run is None or run.final:
+            pump.cancel()
+            await self._io(self._queue.release, message.receipt_handle)  # look at it again
+            return
+        logger.info("run taken over", run_id=run_id, last_seq=run.last_seq)
+        self._start_following(run, message, _drain(buffered, pump))
+
+    async def _follow(
+        self, follower: RunFollower, events: AsyncIterator[HatchetEvent] | None = None
+    ) -> None:
+        try:
+            await follower.follow(events)
         except Exception:  # noqa: BLE001 - one run's failure must not stop the relay
             logger.exception("following a run failed", run_id=follower.run_id)
             with contextlib.suppress(Exception):
@@ -202,6 +309,8 @@ class Relay:
                     renewed = await self._io(
                         self._store.renew_lease, run_id, self.owner, self.settings.lease_seconds
                     )
+                    if held.handing_over:
+                        continue  # its message is the successor's now
                     await self._io(
                         self._queue.extend,
                         held.message.receipt_handle,
@@ -210,7 +319,7 @@ class Relay:
                 except Exception as error:  # noqa: BLE001 - try again next beat
                     logger.warning("heartbeat failed", run_id=run_id, error=str(error))
                     continue
-                if not renewed:
+                if not renewed and not held.handing_over:
                     logger.warning("lease taken by another relay", run_id=run_id)
                     held.follower.lease_lost = True
                     held.task.cancel()
@@ -263,3 +372,28 @@ class Relay:
         with contextlib.suppress(Exception):
             await self._io(self._store.drop_connection, connection_id)
         logger.info("connection gone", connection_id=connection_id)
+
+
+async def _pump(
+    events: AsyncIterator[HatchetEvent], into: asyncio.Queue[HatchetEvent | BaseException | None]
+) -> None:
+    """Read a subscription ahead of its follower (events arriving during a handover)."""
+    try:
+        async for event in events:
+            into.put_nowait(event)
+    except Exception as error:  # noqa: BLE001 - handed to the follower, which resubscribes
+        into.put_nowait(error)
+        return
+    into.put_nowait(None)
+
+
+async def _drain(
+    buffered: asyncio.Queue[HatchetEvent | BaseException | None], pump: asyncio.Task[None]
+) -> AsyncIterator[HatchetEvent]:
+    try:
+        while (item := await buffered.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        pump.cancel()
