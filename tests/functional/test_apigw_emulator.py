@@ -277,6 +277,29 @@ async def test_throttling_answers_429_then_recovers(gateway: ApiGatewayEmulator)
         await client.close()
 
 
+async def test_throttling_one_connection_leaves_the_others_alone(
+    gateway: ApiGatewayEmulator,
+) -> None:
+    (throttled, throttled_id), (other, other_id) = (
+        await connected(gateway),
+        await connected(gateway),
+    )
+    api = management(gateway)
+    try:
+        assert gateway.throttle(for_seconds=30, connection_id=throttled_id)
+        with pytest.raises(ClientError) as refused:
+            await asyncio.to_thread(api.post_to_connection, ConnectionId=throttled_id, Data=b"a")
+        assert refused.value.response["Error"]["Code"] == "LimitExceededException"
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=other_id, Data=b"b")
+        assert await other.recv() == "b"
+        assert gateway.throttle(for_seconds=0, connection_id=throttled_id)
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=throttled_id, Data=b"c")
+        assert await throttled.recv() == "c"
+        assert not gateway.throttle(for_seconds=1, connection_id="unknown=")
+    finally:
+        await asyncio.gather(throttled.close(), other.close())
+
+
 async def test_latency_on_one_connection_does_not_hold_up_another(
     gateway: ApiGatewayEmulator,
 ) -> None:
@@ -312,6 +335,25 @@ async def test_forced_disconnect_closes_the_client_and_runs_disconnect(
             for e in invocations_of(gateway, "DisconnectFunction")
         )
     )
+
+
+async def test_a_lost_disconnect_closes_the_client_without_the_handler(
+    gateway: ApiGatewayEmulator,
+) -> None:
+    client, connection_id = await connected(gateway)
+    assert await gateway.disconnect(connection_id, 1006, "lost", notify=False)
+    with pytest.raises(ConnectionClosed):
+        await client.recv()
+    api = management(gateway)
+    with pytest.raises(ClientError) as gone:  # the relay learns of it from a 410
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"x")
+    assert gone.value.response["Error"]["Code"] == "GoneException"
+    await asyncio.sleep(0.3)
+    assert not [
+        e
+        for e in invocations_of(gateway, "DisconnectFunction")
+        if e["requestContext"]["connectionId"] == connection_id
+    ]
 
 
 async def test_http_api_routes_reach_the_handler_with_payload_format_2(

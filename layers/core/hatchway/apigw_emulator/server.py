@@ -76,7 +76,9 @@ class Connection:
     last_active_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     latency_s: float = 0.0
+    throttled_until: float = 0.0  # monotonic: every POST to it gets 429 until then
     closing: tuple[int, str] | None = None  # set when the gateway closes it
+    notify_disconnect: bool = True  # False: the fault "$disconnect never arrived"
 
     @property
     def connection_id(self) -> str:
@@ -401,7 +403,8 @@ class ApiGatewayEmulator:
             watchdog.cancel()
             self.connections.pop(info.connection_id, None)
             code, reason = connection.closing or self._client_close(socket)
-            self._spawn(self._run_disconnect(info, code, reason))
+            if connection.notify_disconnect:
+                self._spawn(self._run_disconnect(info, code, reason))
         return socket
 
     @staticmethod
@@ -485,12 +488,19 @@ class ApiGatewayEmulator:
             await asyncio.sleep(min(idle_deadline, hard_deadline) - now)
 
     async def disconnect(
-        self, connection_id: str, code: int = 1001, reason: str = "Going away"
+        self,
+        connection_id: str,
+        code: int = 1001,
+        reason: str = "Going away",
+        *,
+        notify: bool = True,
     ) -> bool:
-        """Close a connection from the gateway's side (also the forced-disconnect fault)."""
+        """Close a connection from the gateway's side (also the forced-disconnect fault);
+        ``notify=False`` skips ``$disconnect``, which AWS delivers only best-effort."""
         connection = self.connections.get(connection_id)
         if connection is None:
             return False
+        connection.notify_disconnect = notify
         connection.closing = (int(code), reason)
         await connection.socket.close(code=code, message=reason.encode())
         return True
@@ -509,7 +519,7 @@ class ApiGatewayEmulator:
         found = self._connection_or_gone(request)
         if isinstance(found, web.Response):
             return found
-        if self.faults.throttled():
+        if self.faults.throttled() or time.monotonic() < found.throttled_until:
             return _aws_error(429, "LimitExceededException", "Rate exceeded")
         data = await request.read()
         if len(data) > MAX_MESSAGE_BYTES:
@@ -547,10 +557,20 @@ class ApiGatewayEmulator:
 
     # -- fault injection ---------------------------------------------------------------
 
-    def throttle(self, share: float = 0.0, for_seconds: float = 0.0) -> None:
-        """Answer 429 to a share of POSTs, and/or to every POST for a while."""
+    def throttle(
+        self, share: float = 0.0, for_seconds: float = 0.0, connection_id: str | None = None
+    ) -> bool:
+        """Answer 429 to a share of POSTs, and/or to every POST for a while; with
+        ``connection_id``, to every POST to that connection for a while (False: unknown)."""
+        if connection_id is not None:
+            connection = self.connections.get(connection_id)
+            if connection is None:
+                return False
+            connection.throttled_until = time.monotonic() + for_seconds
+            return True
         self.faults.throttle_share = share
         self.faults.throttle_until = time.monotonic() + for_seconds if for_seconds else 0.0
+        return True
 
     def set_latency(self, connection_id: str, seconds: float) -> bool:
         connection = self.connections.get(connection_id)
@@ -561,8 +581,12 @@ class ApiGatewayEmulator:
 
     async def _control_throttle(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.throttle(float(body.get("share", 0)), float(body.get("forSeconds", 0)))
-        return web.json_response({"ok": True})
+        found = self.throttle(
+            float(body.get("share", 0)),
+            float(body.get("forSeconds", 0)),
+            body.get("connectionId"),
+        )
+        return web.json_response({"ok": found}, status=200 if found else 404)
 
     async def _control_latency(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -575,6 +599,7 @@ class ApiGatewayEmulator:
             request.match_info["connection_id"],
             int(body.get("code", 1001)),
             str(body.get("reason", "Going away")),
+            notify=bool(body.get("notify", True)),
         )
         return web.json_response({"ok": found}, status=200 if found else 404)
 
