@@ -7,15 +7,36 @@ from functools import cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .protocol import MAX_MESSAGE_BYTES
 
-class Settings(BaseSettings):
+
+class PayloadSettings(BaseSettings):
+    """Large payloads through S3 (``hatchway.payloads``): what the relay, the functions
+    that replay frames and workers' ``put_file`` read. Nothing here is required, so
+    a worker needs only ``PAYLOAD_BUCKET``."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    payload_bucket: str = Field(default="", alias="PAYLOAD_BUCKET")
+    # Presigned GET URLs are minted when a frame is sent and live this long.
+    payload_url_ttl_seconds: int = Field(
+        default=900, ge=1, le=7 * 86400, alias="PAYLOAD_URL_TTL_SECONDS"
+    )
+    # A frame whose JSON is larger goes to S3 (headroom under API Gateway's 128 KB).
+    offload_bytes: int = Field(
+        default=120 * 1024, ge=1024, le=MAX_MESSAGE_BYTES - 1024, alias="RELAY_OFFLOAD_BYTES"
+    )
+    # How long one flush retries a failing S3 put before the follower gives up on it.
+    offload_retry_seconds: float = Field(default=30.0, gt=0, alias="RELAY_OFFLOAD_RETRY_SECONDS")
+
+
+class Settings(PayloadSettings):
     """What the Lambdas and the relay share (see docs/design.md, "Environment contract")."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
     table_name: str = Field(alias="TABLE_NAME")
     run_queue_url: str = Field(default="", alias="RUN_QUEUE_URL")
-    payload_bucket: str = Field(default="", alias="PAYLOAD_BUCKET")
     token_signing_key: str = Field(default="", alias="TOKEN_SIGNING_KEY")
     token_secret_arn: str = Field(default="", alias="TOKEN_SECRET_ARN")
     token_ttl_seconds: int = Field(default=3600, ge=60, alias="TOKEN_TTL_SECONDS")
