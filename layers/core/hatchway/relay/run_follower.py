@@ -22,6 +22,7 @@ import grpc
 
 from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
+from hatchway.payloads import PayloadError, log_batches, offload_frames, stream_frame
 from hatchway.protocol import FINAL_STATUSES, Frame, chunk_frame, gap_frame, status_frame
 from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
 
@@ -142,7 +143,7 @@ class RunFollower:
                     )
                 )
             self._indexes[event.resource_id] = index
-        self._emit(chunk_frame(self.run_id, self._next_seq, event.payload))
+        self._emit(stream_frame(chunk_frame(self.run_id, self._next_seq, event.payload)))
 
     def _mark_running(self) -> None:
         if self.status == "QUEUED":
@@ -208,25 +209,48 @@ class RunFollower:
         self._flush_handle = loop.call_later(delay, lambda: loop.create_task(self.flush()))
 
     async def flush(self) -> None:
-        """Append pending frames to the log, then fan them out."""
+        """Append pending frames to the log, then fan them out. Frames too large for a
+        message go to S3 first and are logged as references; a failing S3 put is
+        retried, and nothing is skipped or reordered meanwhile (later frames wait)."""
         async with self._flush_lock:
             self._flush_handle = None
             if not self._pending or self.lease_lost:
                 return
             frames, self._pending = self._pending, []
+            indexes = dict(self._indexes)  # what these frames cover, before any await
             try:
-                await self._io(
-                    self._store.append_frames, self.run_id, frames, self.owner, dict(self._indexes)
+                logged = await offload_frames(
+                    self.run_id, frames, self._io, stopped=lambda: self.lease_lost
                 )
-            except LeaseLostError:
-                logger.warning("lease lost; another relay writes this run now", run_id=self.run_id)
-                self.lease_lost = True
-                self.finished.set()
-                return
-            self.log_writes += 1
-            self.logged_seq = int(frames[-1]["seq"])
-            for subscriber in self.subscribers.values():
-                self._deliver(subscriber, frames)
+            except BaseException as error:  # S3 kept failing, or cancelled: keep them, in order
+                self._pending = frames + self._pending
+                if isinstance(error, PayloadError) and not self.final:
+                    self._schedule_flush(1.0)  # try again; the run's end raises instead
+                    return
+                raise
+            if logged is None:
+                return  # the lease went while S3 was retried
+            batches = log_batches(logged)  # a DynamoDB item holds at most 400 KB
+            for number, batch in enumerate(batches, 1):
+                try:
+                    await self._io(
+                        self._store.append_frames,
+                        self.run_id,
+                        batch,
+                        self.owner,
+                        indexes if number == len(batches) else None,
+                    )
+                except LeaseLostError:
+                    logger.warning(
+                        "lease lost; another relay writes this run now", run_id=self.run_id
+                    )
+                    self.lease_lost = True
+                    self.finished.set()
+                    return
+                self.log_writes += 1
+                self.logged_seq = int(batch[-1]["seq"])
+                for subscriber in self.subscribers.values():
+                    self._deliver(subscriber, batch)
 
     def _deliver(self, subscriber: Subscriber, frames: list[Frame]) -> None:
         if not subscriber.live:
