@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from .hatchet_adapter import HatchetTrigger, UnknownWorkflowError, UpstreamUnavailableError
 from .observability import logger
+from .payloads import PayloadError, Payloads, current
 from .protocol import HTTP_STATUS, ErrorCode, ProtocolError, error_body, is_final
 from .run_queue import RunQueue
 from .store import RunRecord, Store
@@ -58,12 +59,19 @@ def create_app(
     hatchet: HatchetTrigger,
     allowed_workflows: frozenset[str],
     websocket_url: str,
+    payloads: Payloads | None = None,
 ) -> FastAPI:
+    payloads = payloads or current()  # mints URLs for offloaded payloads as frames are read
     app = FastAPI(title="Hatchway", version="1", docs_url=None, redoc_url=None)
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
         return _error(error.code, error.message)
+
+    @app.exception_handler(PayloadError)
+    async def payload_error(_request: Request, error: PayloadError) -> JSONResponse:
+        logger.error("could not mint payload URLs", error=str(error))
+        return _error(ErrorCode.INTERNAL, "payload URLs could not be minted; try again")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -145,7 +153,7 @@ def create_app(
         await existing_run(run_id)
         frames = await asyncio.to_thread(store.read_frames, run_id, after, limit)
         return {
-            "frames": frames,
+            "frames": await asyncio.to_thread(payloads.presign, frames),
             "next": int(frames[-1]["seq"]) if frames else after,
             "final": any(is_final(frame) for frame in frames),
         }

@@ -19,6 +19,7 @@ from typing import Any
 
 from .connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
 from .observability import logger
+from .payloads import PayloadError, Payloads, current
 from .protocol import (
     ErrorCode,
     Frame,
@@ -46,10 +47,17 @@ def _lease_holder(run: RunRecord) -> str | None:
 
 class WebSocketApi:
     def __init__(
-        self, store: Store, connections: Connections, tokens: Callable[[], RunTokens]
+        self,
+        store: Store,
+        connections: Connections,
+        tokens: Callable[[], RunTokens],
+        payloads: Payloads | None = None,
     ) -> None:
         self.store = store
         self.connections = connections
+        # Mints URLs for offloaded payloads when a replay sends them (only subscribe
+        # replays; its S3 client is built on first use).
+        self.payloads = payloads or current()
         # Only the authorizer and subscribe need the signing key (and the right to read
         # its secret): fetched on first use, then kept for the execution environment.
         self._tokens = tokens
@@ -112,6 +120,18 @@ class WebSocketApi:
                 self._post(connection_id, [pong_frame()])
         except ProtocolError as error:
             self._post(connection_id, [error_frame(error.code, error.message, error.run_id)])
+        except PayloadError as error:  # no URL could be minted for the replay
+            logger.error(
+                "could not mint payload URLs", connection_id=connection_id, error=str(error)
+            )
+            self._post(
+                connection_id,
+                [
+                    error_frame(
+                        ErrorCode.INTERNAL, "download URLs could not be minted; subscribe again"
+                    )
+                ],
+            )
         except StaleConnectionError:
             self.store.drop_connection(connection_id)
         except DeliveryError as error:  # the client will not hear of it; log and move on
@@ -146,7 +166,7 @@ class WebSocketApi:
             frames = self.store.read_frames(run_id, after, REPLAY_PAGE)
             if not frames:
                 return
-            self._post(connection_id, frames)
+            self._post(connection_id, self.payloads.presign(frames))  # fresh URLs, now
             after = int(frames[-1]["seq"])
 
     def _post(self, connection_id: str, frames: list[Frame], attempts: int = 5) -> None:

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 
 from .connections import Connections
+from .payloads import Payloads, configure
 from .run_queue import RunQueue
 from .settings import RelaySettings, Settings
 from .store import Store
@@ -25,11 +26,16 @@ def store(settings: Settings) -> Store:
     return Store(settings.table_name, settings.frame_retention_seconds)
 
 
+def payloads(settings: Settings) -> Payloads:
+    return Payloads.from_settings(settings)
+
+
 def websocket_api(settings: Settings) -> WebSocketApi:
     return WebSocketApi(
         store(settings),
         Connections(settings.management_api_url or None),
         tokens=lambda: run_tokens(settings),
+        payloads=payloads(settings),
     )
 
 
@@ -43,6 +49,7 @@ def trigger_app(settings: Settings):  # type: ignore[no-untyped-def]  # noqa: AN
         hatchet=HatchetTrigger(),
         allowed_workflows=settings.workflow_allow_list,
         websocket_url=settings.websocket_url,
+        payloads=payloads(settings),
     )
 
 
@@ -52,6 +59,7 @@ async def run_relay(settings: RelaySettings, on_ready: Callable[[], None] | None
     from .relay.service import Relay  # noqa: PLC0415
 
     hatchet = HatchetEvents()
+    configure(payloads(settings))  # the relay's followers and senders use it
     relay = Relay(
         settings,
         store=store(settings),

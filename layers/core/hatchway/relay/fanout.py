@@ -2,7 +2,8 @@
 or throttled connection never delays another (websockets' broadcast advice).
 
 Frames queued while a post is in flight go out together in the next post
-(coalescing), packed under the 128 KB message limit. 429 backs off with jitter
+(coalescing), packed under the 128 KB message limit. Frames whose payload is in
+S3 get their presigned URL here, as they leave (``hatchway.payloads``). 429 backs off with jitter
 and retries the same message: nothing is lost and order is kept. 410 ends the
 sender and reports the connection gone, exactly that one.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from hatchway.connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
 from hatchway.observability import logger
+from hatchway.payloads import PayloadError, Payloads, current, has_references
 from hatchway.protocol import Frame, pack_messages
 
 MAX_BACKOFF_S = 5.0
@@ -49,6 +51,7 @@ class ConnectionSender:
     _queue: asyncio.Queue[list[Frame]] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
     closed: bool = False
+    payloads: Payloads | None = None  # mints URLs for references (default: the process's)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -83,6 +86,11 @@ class ConnectionSender:
             try:
                 while not self._queue.empty():  # coalesce what queued up meanwhile
                     frames = frames + self._queue.get_nowait()
+                if has_references(frames):  # URLs are minted now, as the frames leave
+                    presigned = await self._presign(loop, frames)
+                    if presigned is None:
+                        continue
+                    frames = presigned
                 try:
                     messages = pack_messages(frames)
                 except ValueError as error:  # an oversized frame: a bug upstream of us
@@ -99,6 +107,29 @@ class ConnectionSender:
                 self.stats.frames += len(frames)
             finally:
                 self._busy = False
+
+    async def _presign(
+        self, loop: asyncio.AbstractEventLoop, frames: list[Frame]
+    ) -> list[Frame] | None:
+        """The frames with fresh URLs (signing may fetch credentials: off the loop).
+        Retried like a throttled post; None once that took too long (logged)."""
+        payloads = self.payloads or current()
+        attempt = 0
+        waited = 0.0
+        while True:
+            try:
+                return await loop.run_in_executor(self.executor, payloads.presign, frames)
+            except PayloadError as error:
+                delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
+                attempt += 1
+                waited += delay
+                if waited > GIVE_UP_AFTER_S or self.closed:
+                    logger.error(
+                        "could not mint URLs", connection_id=self.connection_id, error=str(error)
+                    )
+                    self.stats.failed += 1
+                    return None
+                await asyncio.sleep(delay)
 
     async def _post(self, loop: asyncio.AbstractEventLoop, message: str) -> bool:
         """True once posted; False when the connection is gone (the sender stops)."""
