@@ -152,13 +152,16 @@ class LocalStack:
         self.relay_processes[relay_id] = process
         return process
 
-    async def stop_relay(self, relay_id: str, signum: int = signal.SIGTERM) -> int | None:
+    async def stop_relay(
+        self, relay_id: str, signum: int = signal.SIGTERM, timeout_s: float = 15.0
+    ) -> int | None:
+        """Signal a relay; with SIGTERM, SIGKILL it after ``timeout_s``. Its exit code."""
         process = self.relay_processes.pop(relay_id)
         if signum == signal.SIGKILL:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             return await asyncio.to_thread(process.wait)
-        return await asyncio.to_thread(_stop, process)
+        return await asyncio.to_thread(_stop, process, timeout_s)
 
     async def close(self) -> None:
         for relay_id in list(self.relay_processes):
