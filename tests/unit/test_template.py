@@ -82,8 +82,13 @@ def statements() -> Iterator[tuple[str, dict[str, Any]]]:
             for policy in properties.get("Policies") or []:
                 for statement in policy["PolicyDocument"]["Statement"]:
                     yield logical_id, statement
+        elif resource["Type"] == "AWS::IAM::ManagedPolicy":
+            # Only for roles outside the stack (Hatchet workers): attached to none here.
+            assert not {"Roles", "Users", "Groups"} & set(properties), logical_id
+            for statement in properties["PolicyDocument"]["Statement"]:
+                yield logical_id, statement
         else:
-            assert resource["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+            assert resource["Type"] != "AWS::IAM::Policy"
 
 
 def actions(statement: dict[str, Any]) -> list[str]:
@@ -326,7 +331,7 @@ def test_queue_and_table_access_is_role_specific() -> None:
     assert set(grants("sqs:ReceiveMessage")) == {"RelayTaskRole"}
     assert set(grants("sqs:DeleteMessage")) == {"RelayTaskRole"}
     assert "WsAuthorizerFunction" not in grants("dynamodb:GetItem")
-    assert set(grants("s3:PutObject")) == {"RelayTaskRole"}
+    assert set(grants("s3:PutObject")) == {"RelayTaskRole", "PayloadWriterPolicy"}
     relay_sqs = {a for s in grants("sqs:ReceiveMessage")["RelayTaskRole"] for a in actions(s)}
     assert relay_sqs == {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
 
@@ -397,10 +402,63 @@ def test_payload_bucket_is_private_encrypted_and_expires() -> None:
     assert PARAMETERS["FrameRetentionSeconds"]["Default"] == 86400
 
 
-def test_payload_bucket_refuses_plain_http() -> None:
+def bucket_policy_statement(sid: str) -> dict[str, Any]:
     policy = props("PayloadBucketPolicy")
     assert policy["Bucket"] == {"Ref": "PayloadBucket"}
-    (statement,) = policy["PolicyDocument"]["Statement"]
+    (statement,) = [s for s in policy["PolicyDocument"]["Statement"] if s["Sid"] == sid]
+    return dict(statement)
+
+
+def test_payload_bucket_policy_grants_nothing() -> None:
+    statements = props("PayloadBucketPolicy")["PolicyDocument"]["Statement"]
+    assert {s["Effect"] for s in statements} == {"Deny"}  # no public (or any) access
+    assert {s["Sid"] for s in statements} == {
+        "DenyInsecureTransport",
+        "ObjectsOnlyUnderRunPrefixes",
+    }
+
+
+def test_payload_objects_only_under_run_prefixes() -> None:
+    statement = bucket_policy_statement("ObjectsOnlyUnderRunPrefixes")
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == (
+        "Deny",
+        "*",
+        "s3:PutObject",
+    )
+    assert statement["NotResource"] == {"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}
+    rule = props("PayloadBucket")["LifecycleConfiguration"]["Rules"][0]
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+
+
+RUN_OBJECTS = {"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}
+
+
+def test_only_the_relay_and_workers_write_payloads() -> None:
+    writers = grants("s3:PutObject")
+    assert set(writers) == {"RelayTaskRole", "PayloadWriterPolicy"}
+    assert all(s["Resource"] == RUN_OBJECTS for found in writers.values() for s in found)
+    (worker,) = writers["PayloadWriterPolicy"]
+    assert set(actions(worker)) == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert TEMPLATE["Outputs"]["PayloadWriterPolicyArn"]["Value"] == {"Ref": "PayloadWriterPolicy"}
+
+
+def test_who_mints_payload_urls_may_read_them_and_knows_the_bucket() -> None:
+    # A presigned GET works only if its signer may GetObject: the relay (live frames),
+    # the subscribe function (replays) and the trigger (GET /runs/{id}/frames).
+    readers = grants("s3:GetObject")
+    assert set(readers) == {"RelayTaskRole", "WsSubscribeFunction", "TriggerFunction"}
+    assert all(s["Resource"] == RUN_OBJECTS for found in readers.values() for s in found)
+    for function in ("WsSubscribeFunction", "TriggerFunction"):
+        assert function_env(function)["PAYLOAD_BUCKET"] == {"Ref": "PayloadBucket"}
+        assert function_env(function)["PAYLOAD_URL_TTL_SECONDS"] == {"Ref": "PayloadUrlTtlSeconds"}
+    assert relay_environment()["PAYLOAD_URL_TTL_SECONDS"] == {"Ref": "PayloadUrlTtlSeconds"}
+    assert PARAMETERS["PayloadUrlTtlSeconds"]["Default"] == 900
+    with_bucket = {f for f in FUNCTIONS if "PAYLOAD_BUCKET" in function_env(f)}
+    assert with_bucket == {"WsSubscribeFunction", "TriggerFunction"}
+
+
+def test_payload_bucket_refuses_plain_http() -> None:
+    statement = bucket_policy_statement("DenyInsecureTransport")
     assert statement["Effect"] == "Deny"
     assert statement["Principal"] == "*"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -517,6 +575,7 @@ def test_parameters() -> None:
         "TableName",
         "RunQueueUrl",
         "PayloadBucketName",
+        "PayloadWriterPolicyArn",
         "RelayRepositoryUri",
     ],
 )

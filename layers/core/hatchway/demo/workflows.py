@@ -2,7 +2,12 @@
 
 - ``demo-stream`` streams the Anna Karenina opening (the Hatchet streaming
   docs' example) in 10-character chunks with a short pause, then completes;
-- ``demo-fail`` streams a few chunks, then raises.
+- ``demo-fail`` streams a few chunks, then raises;
+- ``demo-file`` puts a file (1 MiB of pseudo-random bytes by default, any size:
+  generated as it is read, never held whole) with ``hatchway.worker.aput_file``,
+  then completes with its size and sha256;
+- ``demo-big-chunk`` streams one 300 KiB chunk (over API Gateway's 128 KB: the
+  relay sends it through S3), optionally between small chunks, then completes.
 
 Built by a function, not at import time: ``Hatchet()`` reads its settings
 from the environment, which the caller sets first.
@@ -11,6 +16,8 @@ from the environment, which the caller sets first.
 from __future__ import annotations
 
 import asyncio
+import io
+import random
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -18,6 +25,8 @@ from typing import Any
 from hatchet_sdk import Context, Hatchet, Worker
 from hatchet_sdk.runnables.workflow import BaseWorkflow
 from pydantic import BaseModel, Field
+
+from hatchway.worker import aput_file
 
 ANNA_KARENINA = resources.files(__package__).joinpath("anna_karenina.txt").read_text("utf-8")
 
@@ -39,6 +48,59 @@ class StreamInput(BaseModel):
 class FailInput(StreamInput):
     chunks_before_failing: int = Field(default=3, ge=0)
     message: str = "demo-fail failed on purpose"
+
+
+class FileInput(BaseModel):
+    size_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024**3)
+    name: str = Field(default="demo-file.bin", min_length=1, max_length=255)
+    content_type: str = Field(default="application/octet-stream", min_length=1, max_length=255)
+    seed: int = 6
+    start_delay_seconds: float = Field(default=1.0, ge=0, le=60)
+
+
+class BigChunkInput(BaseModel):
+    size_bytes: int = Field(default=300 * 1024, ge=1, le=3 * 1024 * 1024)  # Hatchet: 4 MB
+    chunks_around: int = Field(default=0, ge=0, le=1000)  # small chunks before and after
+    start_delay_seconds: float = Field(default=1.0, ge=0, le=60)
+
+
+class DemoFile(io.RawIOBase):
+    """``size`` pseudo-random bytes from ``seed``, made as they are read (the same
+    bytes however they are read): a file of any size in constant memory."""
+
+    BLOCK = 64 * 1024
+
+    def __init__(self, size: int, seed: int = 6) -> None:
+        super().__init__()
+        self._random = random.Random(seed)  # noqa: S311 - demo content, not secrets
+        self._left = size
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer
+        if not self._buffer and self._left > 0:
+            block = self._random.randbytes(self.BLOCK)[: self._left]
+            self._left -= len(block)
+            self._buffer = block
+        count = min(len(buffer), len(self._buffer))
+        buffer[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+
+def big_chunk(size: int) -> str:
+    """``size`` ASCII characters (so bytes too): the opening, numbered, over and over."""
+    parts: list[str] = []
+    length = 0
+    number = 0
+    while length < size:
+        number += 1
+        part = f"[{number}] {ANNA_KARENINA}\n"
+        parts.append(part)
+        length += len(part)
+    return "".join(parts)[:size]
 
 
 class DemoFailedError(Exception):
@@ -64,7 +126,24 @@ def build_demo_workflows(hatchet: Hatchet) -> list[BaseWorkflow[Any]]:
             await asyncio.sleep(input.pause_seconds)
         raise DemoFailedError(input.message)
 
-    return [demo_stream, demo_fail]
+    @hatchet.task(name="demo-file", input_validator=FileInput)
+    async def demo_file(input: FileInput, ctx: Context) -> dict[str, Any]:  # noqa: A002
+        await asyncio.sleep(input.start_delay_seconds)
+        source = io.BufferedReader(DemoFile(input.size_bytes, input.seed), 1024 * 1024)
+        stored = await aput_file(ctx, source, name=input.name, content_type=input.content_type)
+        return {"name": stored.name, "size": stored.size, "sha256": stored.sha256}
+
+    @hatchet.task(name="demo-big-chunk", input_validator=BigChunkInput)
+    async def demo_big_chunk(input: BigChunkInput, ctx: Context) -> dict[str, int]:  # noqa: A002
+        await asyncio.sleep(input.start_delay_seconds)
+        for number in range(input.chunks_around):
+            await ctx.aio_put_stream(f"before {number + 1}. ")
+        await ctx.aio_put_stream(big_chunk(input.size_bytes))
+        for number in range(input.chunks_around):
+            await ctx.aio_put_stream(f"after {number + 1}. ")
+        return {"bytes": input.size_bytes, "chunks": 1 + 2 * input.chunks_around}
+
+    return [demo_stream, demo_fail, demo_file, demo_big_chunk]
 
 
 def demo_worker(hatchet: Hatchet, slots: int = 50) -> Worker:
