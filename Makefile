@@ -53,8 +53,9 @@ lock: $(BIN)/python ## re-resolve constraints.txt from pyproject.toml in a scrat
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build
 
-bench: install ## print benchmark figures (startup of the emulator against baselines)
+bench: install ## print benchmark figures (emulator startup; large payloads: time, memory, cost)
 	$(BIN)/python benchmarks/emulator_startup.py
+	$(BIN)/python benchmarks/payloads.py
 
 # --- The template: cfn-lint, `sam validate --lint` and `sam build` (no Docker) ---------
 # aws-sam-cli pins boto3/botocore apart from ours: it lives in its own venv, pinned by
