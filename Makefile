@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install dev test lint format emulator lock clean bench check-template lock-sam
+.PHONY: help install dev test lint format emulator lock clean bench faults check-template lock-sam
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,13 @@ dev: install ## run the whole local stack on $(PORT) and print its URLs (Ctrl-C 
 
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest -q
+
+FAULT_RUNS ?= 3
+faults: install ## the fault suite FAULT_RUNS times in a row (a flake fails it)
+	@for run in $$(seq 1 $(FAULT_RUNS)); do \
+		echo "fault suite, run $$run of $(FAULT_RUNS)"; \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e/test_faults.py || exit 1; \
+	done
 
 lint: install ## ruff (lint and format check), mypy --strict, cfn-lint on the template
 	$(BIN)/ruff check .
