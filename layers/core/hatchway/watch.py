@@ -61,7 +61,11 @@ def _show(frame: dict[str, Any], out: TextIO, err: TextIO) -> None:
     elif kind == "gap":
         err.write(f"\n[gap: {frame.get('reason')}]\n")
     elif kind == "status" and frame.get("final"):
-        detail = frame.get("error") or json.dumps(frame.get("output"))
+        detail = frame.get("error") or (
+            f"(the frame is at {frame['url']})"
+            if "url" in frame
+            else json.dumps(frame.get("output"))
+        )
         err.write(f"\n[{frame['status']}] {detail}\n")
     elif kind == "error":
         err.write(f"\n[error {frame.get('code')}: {frame.get('message')}]\n")
