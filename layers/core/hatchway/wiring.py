@@ -8,7 +8,7 @@ import signal
 from collections.abc import Callable
 
 from .connections import Connections
-from .payloads import Payloads, configure
+from .payloads import Payloads
 from .run_queue import RunQueue
 from .settings import RelaySettings, Settings
 from .store import Store
@@ -59,13 +59,13 @@ async def run_relay(settings: RelaySettings, on_ready: Callable[[], None] | None
     from .relay.service import Relay  # noqa: PLC0415
 
     hatchet = HatchetEvents()
-    configure(payloads(settings))  # the relay's followers and senders use it
     relay = Relay(
         settings,
         store=store(settings),
         queue=RunQueue(settings.run_queue_url),
         connections=Connections(settings.management_api_url or None),
         hatchet=hatchet,
+        payloads=payloads(settings),
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

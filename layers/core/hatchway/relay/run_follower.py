@@ -22,7 +22,13 @@ import grpc
 
 from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
-from hatchway.payloads import PayloadError, log_batches, offload_frames, stream_frame
+from hatchway.payloads import (
+    PayloadError,
+    Payloads,
+    log_batches,
+    offload_frames,
+    stream_frame,
+)
 from hatchway.protocol import FINAL_STATUSES, Frame, chunk_frame, gap_frame, status_frame
 from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
 
@@ -50,8 +56,10 @@ class RunFollower:
         executor: Executor,
         sender_for: Callable[[str], ConnectionSender],
         coalesce_s: float,
+        payloads: Payloads | None = None,
     ) -> None:
         self.run_id = run.run_id
+        self._payloads = payloads  # S3 for large frames (None: the process's, from the env)
         self.owner = owner
         self._store = store
         self._hatchet = hatchet
@@ -220,7 +228,11 @@ class RunFollower:
             indexes = dict(self._indexes)  # what these frames cover, before any await
             try:
                 logged = await offload_frames(
-                    self.run_id, frames, self._io, stopped=lambda: self.lease_lost
+                    self.run_id,
+                    frames,
+                    self._io,
+                    stopped=lambda: self.lease_lost,
+                    payloads=self._payloads,
                 )
             except BaseException as error:  # S3 kept failing, or cancelled: keep them, in order
                 self._pending = frames + self._pending

@@ -32,6 +32,7 @@ from typing import Any
 from hatchway.connections import Connections
 from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
+from hatchway.payloads import Payloads
 from hatchway.run_queue import QueuedRun, RunQueue
 from hatchway.settings import RelaySettings
 from hatchway.store import RunRecord, Store, Subscription
@@ -60,8 +61,10 @@ class Relay:
         queue: RunQueue,
         connections: Connections,
         hatchet: HatchetEvents,
+        payloads: Payloads | None = None,
     ) -> None:
         self.settings = settings
+        self._payloads = payloads
         self.owner = (
             settings.relay_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
@@ -227,6 +230,7 @@ class Relay:
             executor=self._executor,
             sender_for=self._sender,
             coalesce_s=self.settings.coalesce_ms / 1000,
+            payloads=self._payloads,
         )
         task = asyncio.create_task(self._follow(follower, events))
         self.runs[run.run_id] = HeldRun(follower, message, task)
@@ -356,7 +360,11 @@ class Relay:
         sender = self.senders.get(connection_id)
         if sender is None or sender.closed:
             sender = ConnectionSender(
-                connection_id, self._connections, self._executor, on_gone=self._connection_gone
+                connection_id,
+                self._connections,
+                self._executor,
+                on_gone=self._connection_gone,
+                payloads=self._payloads,
             )
             sender.start()
             self.senders[connection_id] = sender
