@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -213,7 +214,10 @@ async def test_unsigned_callers_are_forbidden(gateway: ApiGatewayEmulator) -> No
     client, connection_id = await connected(gateway)
     try:
         request = urllib.request.Request(  # noqa: S310 - loopback
-            f"{gateway.management_url}/@connections/{connection_id}", data=b"x", method="POST"
+            # Quoted as boto3 does: an id may hold "/" or "+" (it is base64).
+            f"{gateway.management_url}/@connections/{urllib.parse.quote(connection_id, safe='')}",
+            data=b"x",
+            method="POST",
         )
         with pytest.raises(urllib.error.HTTPError) as forbidden:
             await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
