@@ -266,12 +266,18 @@ class Relay:
                         run = await self._io(self._store.acquire_lease, run_id, self.owner, lease_s)
                         break
                     await asyncio.sleep(HANDOVER_POLL_S)
+        except Exception as error:  # noqa: BLE001 - e.g. Hatchet unreachable: the message comes back
+            logger.warning("taking over a handed-over run failed", run_id=run_id, error=str(error))
+            run = None
         except BaseException:
             pump.cancel()
             raise
         if run is None or run.final:
             pump.cancel()
-            await self._io(self._queue.release, message.receipt_handle)  # look at it again
+            # Look at it again through the usual path (which deletes it if the run is over);
+            # the message may be gone already if its old holder deleted it.
+            with contextlib.suppress(Exception):
+                await self._io(self._queue.release, message.receipt_handle)
             return
         logger.info("run taken over", run_id=run_id, last_seq=run.last_seq)
         self._start_following(run, message, _drain(buffered, pump))
