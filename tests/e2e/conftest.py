@@ -4,6 +4,7 @@ handlers, and a relay process; driven by real HTTP and WebSocket clients."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -130,6 +131,18 @@ class Client:
 
     async def close(self) -> None:
         await self.socket.close()
+
+
+async def watch_to_end(
+    run: dict[str, Any], after: int = 0, timeout_s: float = 60
+) -> list[dict[str, Any]]:
+    """A new client subscribes to the run with ``after``; the run's frames to its end."""
+    client = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await client.subscribe(run, after=after)
+        return await asyncio.wait_for(client.until_final(run["runId"]), timeout_s)
+    finally:
+        await client.close()
 
 
 def assert_complete(frames: list[dict[str, Any]], *, gaps_allowed: bool = False) -> None:

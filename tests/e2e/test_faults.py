@@ -203,6 +203,13 @@ async def test_a_relay_stopped_with_sigterm_hands_its_run_over_without_a_gap(
 # -- 4. the Hatchet subscription breaks ----------------------------------------------
 
 
+def take_hatchet_subscription_down(stack: LocalStack, run_id: str, seconds: float) -> int:
+    """Break the run's open subscriptions and refuse new ones for ``seconds``; how many broke."""
+    assert stack.hatchet is not None
+    stack.hatchet.engine.refuse_subscriptions(seconds)
+    return stack.hatchet.engine.break_subscriptions(run_id)
+
+
 async def test_a_broken_hatchet_subscription_is_resumed_with_a_gap_for_what_was_missed(
     api: Api, stack: LocalStack
 ) -> None:
@@ -212,8 +219,7 @@ async def test_a_broken_hatchet_subscription_is_resumed_with_a_gap_for_what_was_
     try:
         await asyncio.wait_for(frames_until(client, run_id, 8), FINAL_WAIT_S)
         # Refused for 1.5 s (about ten chunks at one per 150 ms), then broken.
-        stack.hatchet.engine.refuse_subscriptions(1.5)
-        assert stack.hatchet.engine.break_subscriptions(run_id) >= 1
+        assert take_hatchet_subscription_down(stack, run_id, 1.5) >= 1
         await until_final(client, run_id)
     finally:
         stack.hatchet.engine.clear_faults()
@@ -233,8 +239,7 @@ async def test_a_run_that_ended_while_the_subscription_was_down_still_ends(
     try:
         await asyncio.wait_for(frames_until(client, run_id, 4), FINAL_WAIT_S)
         # Down for longer than the rest of the run (about 10 s).
-        stack.hatchet.engine.refuse_subscriptions(20)
-        stack.hatchet.engine.break_subscriptions(run_id)
+        take_hatchet_subscription_down(stack, run_id, 20)
         await until_final(client, run_id)
     finally:
         stack.hatchet.engine.clear_faults()

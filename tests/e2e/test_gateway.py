@@ -9,7 +9,7 @@ from websockets.exceptions import InvalidStatus
 
 from hatchway.demo.workflows import ANNA_KARENINA
 from hatchway.local_stack import LocalStack
-from tests.e2e.conftest import LIVE_STREAM, Api, Client, assert_complete, text_of
+from tests.e2e.conftest import LIVE_STREAM, Api, Client, assert_complete, text_of, watch_to_end
 
 pytestmark = pytest.mark.e2e
 
@@ -36,12 +36,7 @@ async def test_demo_stream_arrives_whole_in_order_and_completes(api: Api) -> Non
 
 async def test_demo_fail_ends_failed_with_its_error(api: Api) -> None:
     run = await api.start("demo-fail", LIVE_STREAM)
-    client = await Client.open(run["websocketUrl"], run["token"])
-    try:
-        await client.subscribe(run)
-        frames = await asyncio.wait_for(client.until_final(run["runId"]), 60)
-    finally:
-        await client.close()
+    frames = await watch_to_end(run)
 
     assert_complete(frames)
     assert frames[-1]["status"] == "FAILED"
@@ -67,21 +62,13 @@ async def test_two_clients_on_one_run_both_receive_everything(api: Api) -> None:
 
 async def test_a_client_that_comes_after_the_end_gets_the_full_replay(api: Api) -> None:
     run = await api.start("demo-stream", LIVE_STREAM)
-    live = await Client.open(run["websocketUrl"], run["token"])
-    try:
-        await live.subscribe(run)
-        live_frames = await asyncio.wait_for(live.until_final(run["runId"]), 60)
-    finally:
-        await live.close()
+    live_frames = await watch_to_end(run)
 
     late = await Client.open(run["websocketUrl"], run["token"])
     try:
         await late.subscribe(run)
         replayed = await asyncio.wait_for(late.until_final(run["runId"]), 30)
-        resumed_client = await Client.open(run["websocketUrl"], run["token"])
-        await resumed_client.subscribe(run, after=20)
-        resumed = await asyncio.wait_for(resumed_client.until_final(run["runId"]), 30)
-        await resumed_client.close()
+        resumed = await watch_to_end(run, after=20, timeout_s=30)
     finally:
         await late.close()
 

@@ -20,6 +20,7 @@ own, with its own state.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import socket
@@ -540,12 +541,4 @@ def start_local_aws(
     except BaseException:
         server.stop()
         raise
-    return LocalAws(
-        endpoint_url=aws.endpoint_url,
-        tables=aws.tables,
-        queue_urls=aws.queue_urls,
-        queue_arns=aws.queue_arns,
-        buckets=aws.buckets,
-        secret_arns=aws.secret_arns,
-        server=server,
-    )
+    return dataclasses.replace(aws, server=server)
