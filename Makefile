@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install dev test lint format emulator lock clean bench faults check-template lock-sam
+.PHONY: help install dev test lint format emulator lock lock-layers clean bench faults check-template lock-sam
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,9 +15,11 @@ $(BIN)/python:
 	@py=$$(scripts/find-python312.sh) && echo "using $$py" && "$$py" -m venv $(VENV)
 
 # Re-installs only when the dependency declarations change (idempotent).
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+# Two projects, both editable: the runtime (layers/core, distribution "hatchway") and
+# the local tooling with the dev tools (the root, "hatchway-local").
+$(STAMP): $(BIN)/python pyproject.toml layers/core/pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,local]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'layers/core[trigger,relay]' -e '.[dev]'
 	@touch $@
 
 install: $(STAMP) ## create .venv with Python 3.12 and every dependency (pinned by constraints.txt)
@@ -53,9 +55,13 @@ emulator: install ## run only the Hatchet engine emulator
 lock: $(BIN)/python ## re-resolve constraints.txt from pyproject.toml in a scratch venv
 	rm -rf .lock-venv && $$(scripts/find-python312.sh) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet '.[dev,local]'
-	.lock-venv/bin/python -m pip freeze --exclude hatchway > constraints.txt
-	rm -rf .lock-venv build *.egg-info layers/core/*.egg-info
+	.lock-venv/bin/python -m pip install --quiet 'layers/core[trigger,relay]' '.[dev]'
+	.lock-venv/bin/python -m pip freeze --exclude hatchway --exclude hatchway-local > constraints.txt
+	rm -rf .lock-venv build *.egg-info layers/core/*.egg-info local/*.egg-info
+	$(MAKE) lock-layers
+
+lock-layers: install ## rewrite the layers' requirements files from constraints.txt (every package pinned)
+	$(BIN)/python scripts/lock_layers.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build

@@ -23,7 +23,7 @@ def seconds_until_exit(command: list[str]) -> float:
 def seconds_until_ready() -> float:
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "hatchway.cli", "hatchet-emulator", "--port", "0"],
+        [sys.executable, "-m", "hatchway_local.cli", "hatchet-emulator", "--port", "0"],
         stdout=subprocess.PIPE,
     )
     try:

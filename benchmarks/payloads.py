@@ -22,10 +22,10 @@ import tracemalloc
 
 import boto3
 
-from hatchway.demo.workflows import DemoFile
-from hatchway.local.aws import CREDENTIALS, REGION, MotoServer
 from hatchway.payloads import Payloads
 from hatchway.protocol import chunk_frame
+from hatchway_local.aws import CREDENTIALS, REGION, MotoServer
+from hatchway_local.demo.workflows import DemoFile
 
 # us-east-1 list prices (USD) when this was written; check the pricing pages.
 DYNAMODB_WRITE_UNIT = 0.625 / 1e6  # on-demand, per write request unit

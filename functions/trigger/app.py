@@ -2,9 +2,9 @@
 
 from mangum import Mangum
 
-from hatchway.settings import settings
-from hatchway.wiring import trigger_app
+from hatchway.settings import TriggerSettings, load
+from hatchway.trigger_api import build_app
 
 # Module scope: built once per execution environment, reused by warm invocations.
-app = trigger_app(settings())
+app = build_app(load(TriggerSettings))
 handler = Mangum(app, lifespan="off")  # "auto" would run startup/shutdown on every call

@@ -2,4 +2,4 @@
 
 from hatchway import lambda_handlers
 
-handler = lambda_handlers.message()
+handler = lambda_handlers.subscribe()

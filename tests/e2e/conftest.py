@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from hatchway.local_stack import LocalStack
+from hatchway_local.stack import LocalStack
 from tests.conftest import REPO_ROOT
 
 # Slow enough that a subscriber attached right after POST /runs sees it all live;

@@ -11,8 +11,8 @@ from typing import Any
 import boto3
 from boto3.dynamodb.conditions import Key
 
-from hatchway.demo.workflows import ANNA_KARENINA
-from hatchway.local_stack import LocalStack
+from hatchway_local.demo.workflows import ANNA_KARENINA
+from hatchway_local.stack import LocalStack
 from tests.e2e.conftest import Client
 
 # Short leases so a takeover happens within seconds; a quick handover for SIGTERM.

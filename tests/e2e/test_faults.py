@@ -16,8 +16,8 @@ import boto3
 import pytest
 import pytest_asyncio
 
-from hatchway.demo.workflows import ANNA_KARENINA
-from hatchway.local_stack import LocalStack
+from hatchway_local.demo.workflows import ANNA_KARENINA
+from hatchway_local.stack import LocalStack
 from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import Api, Client, text_of, warm_up
 from tests.e2e.faults import (

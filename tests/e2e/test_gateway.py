@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from hatchway.demo.workflows import ANNA_KARENINA
-from hatchway.local_stack import LocalStack
+from hatchway_local.demo.workflows import ANNA_KARENINA
+from hatchway_local.stack import LocalStack
 from tests.e2e.conftest import LIVE_STREAM, Api, Client, assert_complete, text_of, watch_to_end
 
 pytestmark = pytest.mark.e2e

@@ -24,10 +24,10 @@ import pytest_asyncio
 from aiohttp import web
 from yarl import URL
 
-from hatchway.demo.workflows import DemoFile, big_chunk
-from hatchway.local_stack import LocalStack
 from hatchway.payloads import IN_MEMORY_PARTS, PART_BYTES, UPLOAD_THREADS, Payloads
 from hatchway.worker import put_file
+from hatchway_local.demo.workflows import DemoFile, big_chunk
+from hatchway_local.stack import LocalStack
 from tests.e2e.conftest import Api, Client, assert_complete
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ import pytest_asyncio
 from hatchet_sdk import ClientConfig, ClientTLSConfig, Hatchet
 from hatchet_sdk.contracts import dispatcher_pb2, dispatcher_pb2_grpc
 
-from hatchway.hatchet_emulator.server import HatchetEmulator
+from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.conftest import REPO_ROOT, stop_process_group
 
 WORKER_MODULE = "tests.functional.engine_worker"

@@ -15,7 +15,8 @@ from typing import Any
 from hatchet_sdk import Context, EmptyModel, Hatchet, NonRetryableException
 from pydantic import BaseModel
 
-from hatchway.demo.workflows import build_demo_workflows
+from hatchway.payloads import Payloads
+from hatchway_local.demo.workflows import build_demo_workflows
 
 hatchet = Hatchet()
 
@@ -103,7 +104,7 @@ def main() -> None:
         "hatchway-test-worker",
         slots=20,
         workflows=[
-            *build_demo_workflows(hatchet),
+            *build_demo_workflows(hatchet, Payloads("no-bucket-here")),  # demo-file is not run here
             dag,
             leaf,
             parent,

@@ -23,7 +23,7 @@ ECHO_TEMPLATE = Path(__file__).with_name("echo_app") / "template.yaml"
 @pytest.fixture
 def echo_gateway() -> Iterator[dict[str, str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hatchway.cli", "apigw-emulator", "--template", str(ECHO_TEMPLATE)],
+        [sys.executable, "-m", "hatchway_local.cli", "apigw-emulator", "--template", str(ECHO_TEMPLATE)],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
@@ -50,7 +50,7 @@ def test_a_template_without_apis_is_refused_with_a_clear_message(tmp_path: Path)
     template = tmp_path / "template.yaml"
     template.write_text("Resources:\n  Bucket:\n    Type: AWS::S3::Bucket\n")
     result = subprocess.run(
-        [sys.executable, "-m", "hatchway.cli", "apigw-emulator", "--template", str(template)],
+        [sys.executable, "-m", "hatchway_local.cli", "apigw-emulator", "--template", str(template)],
         capture_output=True,
         timeout=30,
         check=False,

@@ -24,8 +24,8 @@ from botocore.exceptions import ClientError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from hatchway.apigw_emulator.server import ApiGatewayEmulator
-from hatchway.apigw_emulator.template import TemplateReader
+from hatchway_local.apigw_emulator.server import ApiGatewayEmulator
+from hatchway_local.apigw_emulator.template import TemplateReader
 
 TEMPLATE = Path(__file__).with_name("apigw_app") / "template.yaml"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hatchway.demo.workflows import ANNA_KARENINA
+from hatchway_local.demo.workflows import ANNA_KARENINA
 from tests.conftest import REPO_ROOT, stop_process_group
 from tests.functional.conftest import start_worker
 
@@ -48,7 +48,7 @@ def read_settings(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> 
 @pytest.fixture
 def emulator_process() -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hatchway.cli", "hatchet-emulator", "--port", "0"],
+        [sys.executable, "-m", "hatchway_local.cli", "hatchet-emulator", "--port", "0"],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from hatchet_sdk import Hatchet
 
-from hatchway.hatchet_emulator.server import HatchetEmulator
+from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.conftest import stop_process_group
 from tests.functional.conftest import (
     RawEvents,

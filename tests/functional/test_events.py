@@ -17,12 +17,12 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from hatchway.apigw_emulator.lambda_runtime import InvocationError, LambdaFunction
-from hatchway.apigw_emulator.server import ApiGatewayEmulator
-from hatchway.apigw_emulator.template import TemplateReader
-from hatchway.hatchet_emulator.engine import TaskSpec, WorkflowSpec
-from hatchway.hatchet_emulator.server import HatchetEmulator
-from hatchway.local.aws import LocalAws, start_local_aws
+from hatchway_local.apigw_emulator.lambda_runtime import InvocationError, LambdaFunction
+from hatchway_local.apigw_emulator.server import ApiGatewayEmulator
+from hatchway_local.apigw_emulator.template import TemplateReader
+from hatchway_local.aws import LocalAws, start_local_aws
+from hatchway_local.hatchet_emulator.engine import TaskSpec, WorkflowSpec
+from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"

@@ -15,8 +15,8 @@ from hatchet_sdk.contracts import dispatcher_pb2
 from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 from pydantic import BaseModel, ConfigDict
 
-from hatchway.demo.workflows import ANNA_KARENINA, chunks
-from hatchway.hatchet_emulator.server import HatchetEmulator
+from hatchway_local.demo.workflows import ANNA_KARENINA, chunks
+from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.functional.conftest import RawEvents
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -1,4 +1,4 @@
-"""hatchway.local.aws: moto in server mode with template.yaml's own data stores,
+"""hatchway_local.aws: moto in server mode with template.yaml's own data stores,
 reached by real boto3 clients over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import boto3
 import pytest
 
-from hatchway.apigw_emulator.template import TemplateReader, load_template
-from hatchway.local.aws import (
+from hatchway_local.apigw_emulator.template import TemplateReader, load_template
+from hatchway_local.aws import (
     LocalAws,
     LocalAwsError,
     MotoServer,

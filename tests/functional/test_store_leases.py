@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from hatchway.local.aws import LocalAws, start_local_aws
 from hatchway.protocol import chunk_frame
 from hatchway.store import LeaseLostError, Store
+from hatchway_local.aws import LocalAws, start_local_aws
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.functional

@@ -1,20 +1,15 @@
-"""The emulator's copy of Hatchet's gRPC contracts must match the installed SDK."""
+"""The runtime's copy of Hatchet's gRPC contracts (which the emulator serves too) must
+match the installed SDK."""
 
 from __future__ import annotations
 
-from importlib import resources
-
-from google.protobuf import descriptor_pb2
-
-from hatchway.hatchet_emulator import contracts
+from hatchway.hatchet_contracts import stored_file_set
+from hatchway_local.hatchet_emulator import contracts
 
 
 def test_stored_contracts_match_the_installed_hatchet_sdk() -> None:
-    stored = descriptor_pb2.FileDescriptorSet.FromString(
-        resources.files(contracts.__package__).joinpath(contracts.CONTRACTS_FILE).read_bytes()
-    )
-    assert stored == contracts.sdk_file_set(), (
-        "hatchet-sdk's contracts changed: run `python -m hatchway.hatchet_emulator.contracts`"
+    assert stored_file_set() == contracts.sdk_file_set(), (
+        "hatchet-sdk's contracts changed: run `python -m hatchway_local.hatchet_emulator.contracts`"
         " and check the emulator against the new fields"
     )
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from hatchway.hatchet_emulator.engine import (
+from hatchway_local.hatchet_emulator.engine import (
     BROKEN,
     Engine,
     EngineError,

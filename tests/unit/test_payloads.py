@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +16,6 @@ from hatchway.payloads import (
     PayloadError,
     Payloads,
     StoredFile,
-    configure,
     log_batches,
     offload_frames,
     stream_frame,
@@ -63,12 +61,6 @@ class FakeS3:
 
 def adapter(s3: FakeS3 | None = None, **kwargs: Any) -> Payloads:
     return Payloads("bucket", client=s3 or FakeS3(), **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def no_process_adapter() -> Iterator[None]:
-    yield
-    configure(None)
 
 
 # -- file references -------------------------------------------------------------------
@@ -315,7 +307,6 @@ def texts(frames: list[Frame]) -> list[str]:
 
 async def test_the_follower_logs_a_big_chunk_by_reference_in_order_through_s3_failures() -> None:
     s3 = FakeS3(failures=2)
-    configure(adapter(s3))
     store = FakeStore()
     big = "B" * 300_000
     hatchet = FakeHatchet(
@@ -329,7 +320,7 @@ async def test_the_follower_logs_a_big_chunk_by_reference_in_order_through_s3_fa
             ]
         ]
     )
-    run, _ = follower(hatchet, store)
+    run, _ = follower(hatchet, store, payloads=adapter(s3))
     await run.follow()
 
     assert [f["seq"] for f in store.log] == [1, 2, 3, 4, 5, 6]
@@ -350,7 +341,6 @@ async def test_s3_down_at_the_run_s_end_keeps_every_frame_for_a_later_flush(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(payloads_module, "OFFLOAD_MAX_BACKOFF_S", 0.01)
-    configure(adapter(FakeS3(failures=10**6), retry_s=0.2))
     store = FakeStore()
     hatchet = FakeHatchet(
         [
@@ -361,7 +351,7 @@ async def test_s3_down_at_the_run_s_end_keeps_every_frame_for_a_later_flush(
             ]
         ]
     )
-    run, _ = follower(hatchet, store)
+    run, _ = follower(hatchet, store, payloads=adapter(FakeS3(failures=10**6), retry_s=0.2))
     with pytest.raises(PayloadError):
         await run.follow()  # the relay hands the run over; nothing was logged out of order
 

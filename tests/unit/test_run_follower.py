@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from hatchway.hatchet_adapter import HatchetEvent, RunStatus
+from hatchway.payloads import Payloads
 from hatchway.protocol import Frame
 from hatchway.relay.run_follower import RunFollower
 from hatchway.store import LeaseLostError, RunRecord, Subscription
@@ -94,6 +95,8 @@ def follower(
     last_seq: int = 0,
     indexes: dict[str, int] | None = None,
     status: str = "QUEUED",
+    *,
+    payloads: Payloads | None = None,
 ) -> tuple[RunFollower, FakeSender]:
     sender = FakeSender()
     run = RunRecord("r1", "wf", status, last_seq, 0, 0, "me", 0, indexes)
@@ -106,6 +109,8 @@ def follower(
             executor=ThreadPoolExecutor(2),
             sender_for=lambda _c: sender,  # type: ignore[arg-type,return-value]
             coalesce_s=0.001,
+            # no frame here needs S3 unless a test passes its own fake
+            payloads=payloads or Payloads("bucket", client=object()),
         ),
         sender,
     )

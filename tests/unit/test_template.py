@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hatchway.apigw_emulator.template import TemplateReader, load_template
+from hatchway_local.apigw_emulator.template import TemplateReader, load_template
 from tests.conftest import REPO_ROOT
 
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from hatchet_sdk.token import extract_claims_from_jwt
 
-from hatchway.hatchet_emulator.server import mint_token
+from hatchway_local.hatchet_emulator.server import mint_token
 
 
 def test_minted_token_carries_the_claims_hatchet_sdk_reads() -> None:

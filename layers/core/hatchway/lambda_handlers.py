@@ -1,4 +1,5 @@
-"""The WebSocket Lambda handlers, built once per execution environment.
+"""The WebSocket Lambda handlers, each built once per execution environment from
+its own settings model (validated there, at the cold start).
 
 Each function's ``app.py`` is one line over these: they parse the event with
 Powertools' ``APIGatewayWebSocketEvent`` and call the core (``websocket.py``).
@@ -12,20 +13,24 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from . import wiring
+from .connections import Connections
 from .observability import logger
-from .settings import settings
-from .websocket import WebSocketApi
-from .wiring import websocket_api
+from .settings import (
+    AuthorizerSettings,
+    ConnectionSettings,
+    MessageSettings,
+    SubscribeSettings,
+    load,
+)
+from .websocket import ConnectionLifecycle, TokenAuthorizer, WebSocketApi
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 
 
-def _api() -> WebSocketApi:
-    return websocket_api(settings())
-
-
 def authorizer() -> Handler:
-    api = _api()
+    settings = load(AuthorizerSettings)
+    api = TokenAuthorizer(wiring.run_tokens(settings))
 
     @logger.inject_lambda_context
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
@@ -35,30 +40,29 @@ def authorizer() -> Handler:
 
 
 def connect() -> Handler:
-    api = _api()
+    lifecycle = ConnectionLifecycle(wiring.store(load(ConnectionSettings)))
 
     @logger.inject_lambda_context
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
         connection_id = APIGatewayWebSocketEvent(event).request_context.connection_id
-        return api.connect(connection_id, event["requestContext"].get("authorizer"))
+        return lifecycle.connect(connection_id, event["requestContext"].get("authorizer"))
 
     return handler
 
 
 def disconnect() -> Handler:
-    api = _api()
+    lifecycle = ConnectionLifecycle(wiring.store(load(ConnectionSettings)))
 
     @logger.inject_lambda_context
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
-        return api.disconnect(APIGatewayWebSocketEvent(event).request_context.connection_id)
+        return lifecycle.disconnect(APIGatewayWebSocketEvent(event).request_context.connection_id)
 
     return handler
 
 
-def message() -> Handler:
-    """subscribe, unsubscribe, ping and $default: the message decides, so a client
-    that sends the wrong thing to any route gets the protocol's error frame."""
-    api = _api()
+def _message_handler(api: WebSocketApi) -> Handler:
+    """The message decides, so a client that sends the wrong thing to any route
+    gets the protocol's error frame."""
 
     @logger.inject_lambda_context
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
@@ -66,3 +70,23 @@ def message() -> Handler:
         return api.message(parsed.request_context.connection_id, parsed.decoded_body)
 
     return handler
+
+
+def subscribe() -> Handler:
+    settings = load(SubscribeSettings)
+    return _message_handler(
+        WebSocketApi(
+            wiring.store(settings),
+            Connections(settings.management_api_url),
+            tokens=lambda: wiring.run_tokens(settings),  # the secret is read on first use
+            payloads=wiring.payloads(settings),
+        )
+    )
+
+
+def message() -> Handler:
+    """unsubscribe, ping and ``$default``."""
+    settings = load(MessageSettings)
+    return _message_handler(
+        WebSocketApi(wiring.store(settings), Connections(settings.management_api_url))
+    )

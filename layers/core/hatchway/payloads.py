@@ -389,7 +389,7 @@ class _HashingReader(io.RawIOBase):
         return len(data)
 
 
-# -- the relay's use: offload with retries, one process-wide adapter -------------------
+# -- the relay's use: offload with retries -------------------
 
 
 class _IoRunner(Protocol):
@@ -401,14 +401,13 @@ async def offload_frames(
     frames: list[Frame],
     io_runner: _IoRunner,
     *,
+    payloads: Payloads,
     stopped: Callable[[], bool] = lambda: False,
-    payloads: Payloads | None = None,
 ) -> list[Frame] | None:
     """``frames`` ready for the log (see :meth:`Payloads.offload`), with S3 failures
     retried, backing off, for up to ``retry_s``; then PayloadError. None when
     ``stopped()`` turned true meanwhile (the lease is gone: nothing is to be logged).
     The blocking puts run through ``io_runner`` (the caller's thread pool)."""
-    payloads = payloads or current()
     if not any(payloads.needs_offload(frame) for frame in frames):
         return frames
     loop = asyncio.get_running_loop()
@@ -456,19 +455,3 @@ def log_batches(frames: list[Frame], max_bytes: int = LOG_ITEM_BYTES) -> list[li
         batches[-1].append(frame)
         size += frame_bytes
     return batches if batches[0] else []
-
-
-class _Current:
-    payloads: Payloads | None = None
-
-
-def configure(payloads: Payloads | None) -> None:
-    """Set the process's adapter (the relay sets it at start; tests set their own)."""
-    _Current.payloads = payloads
-
-
-def current() -> Payloads:
-    """The process's adapter: the configured one, else one from the environment."""
-    if _Current.payloads is None:
-        _Current.payloads = Payloads.from_settings(PayloadSettings())
-    return _Current.payloads

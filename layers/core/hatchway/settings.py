@@ -1,23 +1,86 @@
-"""One typed settings model per process, read from the environment and validated at start."""
+"""One typed settings model per process, read from the environment and validated at start.
+
+Each process loads its own model once, at start (module scope of a Lambda's
+``app.py``, the relay's ``main``, a worker's set-up) with :func:`load`: a variable
+the process needs and lacks stops it there, with the variable's name, instead of
+failing its first request. The contract, variable by variable, is
+docs/design.md ("Environment contract").
+
+| process | model |
+|---|---|
+| WebSocket authorizer | :class:`AuthorizerSettings` |
+| ``$connect`` / ``$disconnect`` | :class:`ConnectionSettings` |
+| subscribe | :class:`SubscribeSettings` |
+| unsubscribe, ping, ``$default`` | :class:`MessageSettings` |
+| trigger | :class:`TriggerSettings` (with :class:`HatchetSettings`) |
+| relay | :class:`RelaySettings` (with :class:`HatchetSettings`) |
+| a Hatchet worker's ``put_file`` | :class:`WorkerSettings` |
+"""
 
 from __future__ import annotations
 
-from functools import cache
+from typing import Self
 
-from pydantic import Field
+import jwt
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol import MAX_MESSAGE_BYTES
 
 
-class PayloadSettings(BaseSettings):
-    """Large payloads through S3 (``hatchway.payloads``): what the relay, the functions
-    that replay frames and workers' ``put_file`` read. Nothing here is required, so
-    a worker needs only ``PAYLOAD_BUCKET``."""
+class SettingsError(Exception):
+    """The environment lacks, or has a wrong value for, what the process needs."""
 
-    model_config = SettingsConfigDict(extra="ignore")
 
-    payload_bucket: str = Field(default="", alias="PAYLOAD_BUCKET")
+def load[S: BaseSettings](model: type[S]) -> S:
+    """``model`` from the environment, or a SettingsError naming each bad variable."""
+    try:
+        return model()
+    except ValidationError as error:
+        prefix = str(model.model_config.get("env_prefix") or "")
+        problems = []
+        for problem in error.errors():
+            loc = [str(part) for part in problem["loc"]]
+            if not loc:  # a rule over several variables: its message names them
+                problems.append(problem["msg"].removeprefix("Value error, "))
+                continue
+            name = loc[0] if loc[0].isupper() else (prefix + loc[0]).upper()
+            message = "is required" if problem["type"] == "missing" else problem["msg"]
+            problems.append(f"{name} {message}")
+        raise SettingsError(f"{model.__name__}: " + "; ".join(problems)) from None
+
+
+class _Env(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+
+
+# -- the pieces several processes share ----------------------------------------------
+
+
+class TableSettings(_Env):
+    table_name: str = Field(min_length=1, alias="TABLE_NAME")
+    frame_retention_seconds: int = Field(default=86400, ge=60, alias="FRAME_RETENTION_SECONDS")
+
+
+class TokenKeySettings(_Env):
+    """The run-token key: the Secrets Manager secret on AWS, a plain key locally."""
+
+    token_signing_key: str = Field(default="", alias="TOKEN_SIGNING_KEY")
+    token_secret_arn: str = Field(default="", alias="TOKEN_SECRET_ARN")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        if not (self.token_signing_key or self.token_secret_arn):
+            raise ValueError("set TOKEN_SECRET_ARN (AWS) or TOKEN_SIGNING_KEY (locally)")
+        if self.token_signing_key and len(self.token_signing_key) < 32:
+            raise ValueError("TOKEN_SIGNING_KEY must be at least 32 characters")
+        return self
+
+
+class PayloadSettings(_Env):
+    """Large payloads through S3 (``hatchway.payloads``)."""
+
+    payload_bucket: str = Field(min_length=1, alias="PAYLOAD_BUCKET")
     # Presigned GET URLs are minted when a frame is sent and live this long.
     payload_url_ttl_seconds: int = Field(
         default=900, ge=1, le=7 * 86400, alias="PAYLOAD_URL_TTL_SECONDS"
@@ -30,27 +93,91 @@ class PayloadSettings(BaseSettings):
     offload_retry_seconds: float = Field(default=30.0, gt=0, alias="RELAY_OFFLOAD_RETRY_SECONDS")
 
 
-class Settings(PayloadSettings):
-    """What the Lambdas and the relay share (see docs/design.md, "Environment contract")."""
+class ManagementApiSettings(_Env):
+    # https://{api}.execute-api.{region}.amazonaws.com/{stage} on AWS; botocore reads
+    # the same variable, but a process that posts must not start without it.
+    management_api_url: str = Field(
+        min_length=1, alias="AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"
+    )
 
-    model_config = SettingsConfigDict(extra="ignore")
 
-    table_name: str = Field(alias="TABLE_NAME")
-    run_queue_url: str = Field(default="", alias="RUN_QUEUE_URL")
-    token_signing_key: str = Field(default="", alias="TOKEN_SIGNING_KEY")
-    token_secret_arn: str = Field(default="", alias="TOKEN_SECRET_ARN")
+class HatchetSettings(BaseSettings):
+    """Hatchet's connection, from hatchet-sdk's own variables (``HATCHET_CLIENT_*``).
+
+    The token is a JWT whose claims name the tenant (``sub``) and the gRPC address
+    (``grpc_broadcast_address``); ``HATCHET_CLIENT_HOST_PORT`` and
+    ``HATCHET_CLIENT_TENANT_ID`` override them, as in the SDK.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", env_prefix="HATCHET_CLIENT_")
+
+    token: str = Field(min_length=1)
+    host_port: str = ""
+    tenant_id: str = ""
+    namespace: str = ""
+    tls_strategy: str = Field(default="tls", pattern="^(tls|none)$")
+    tls_root_ca_file: str = ""
+    tls_server_name: str = ""
+    grpc_max_recv_message_length: int = 4 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _from_token(self) -> Self:
+        try:  # the SDK reads these claims unverified too: the engine checks the token
+            claims = jwt.decode(self.token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise ValueError("HATCHET_CLIENT_TOKEN is not a JWT") from None
+        self.host_port = self.host_port or str(claims.get("grpc_broadcast_address") or "")
+        self.tenant_id = self.tenant_id or str(claims.get("sub") or "")
+        if not self.host_port:
+            raise ValueError(
+                "HATCHET_CLIENT_TOKEN names no grpc_broadcast_address: set HATCHET_CLIENT_HOST_PORT"
+            )
+        if self.namespace and not self.namespace.endswith("_"):
+            self.namespace += "_"  # the SDK's rule: "team" -> "team_", lower case
+        self.namespace = self.namespace.lower()
+        return self
+
+    def workflow_name(self, name: str) -> str:
+        """The name Hatchet knows the workflow by (the namespace, as the SDK applies it)."""
+        if not self.namespace or name.startswith(self.namespace):
+            return name
+        return self.namespace + name
+
+
+# -- one model per process -----------------------------------------------------------
+
+
+class AuthorizerSettings(TokenKeySettings):
+    """The ``$connect`` authorizer: it checks tokens and touches nothing else."""
+
+
+class ConnectionSettings(TableSettings):
+    """``$connect`` and ``$disconnect``: connection items in the table."""
+
+
+class MessageSettings(TableSettings, ManagementApiSettings):
+    """unsubscribe, ping and ``$default``: they answer on the socket (and drop a
+    connection that is gone)."""
+
+
+class SubscribeSettings(MessageSettings, TokenKeySettings, PayloadSettings):
+    """subscribe: checks run tokens too, and its replay mints payload URLs."""
+
+
+class TriggerSettings(TableSettings, TokenKeySettings, PayloadSettings):
+    run_queue_url: str = Field(min_length=1, alias="RUN_QUEUE_URL")
     token_ttl_seconds: int = Field(default=3600, ge=60, alias="TOKEN_TTL_SECONDS")
-    allowed_workflows: str = Field(default="", alias="ALLOWED_WORKFLOWS")
-    websocket_url: str = Field(default="", alias="WEBSOCKET_URL")
-    frame_retention_seconds: int = Field(default=86400, ge=60, alias="FRAME_RETENTION_SECONDS")
-    management_api_url: str = Field(default="", alias="AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI")
+    allowed_workflows: str = Field(min_length=1, alias="ALLOWED_WORKFLOWS")
+    websocket_url: str = Field(min_length=1, alias="WEBSOCKET_URL")
+    hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
     @property
     def workflow_allow_list(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.allowed_workflows.split(",") if name.strip())
 
 
-class RelaySettings(Settings):
+class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings):
+    run_queue_url: str = Field(min_length=1, alias="RUN_QUEUE_URL")
     relay_id: str = Field(default="", alias="RELAY_ID")  # default: host name and pid
     lease_seconds: float = Field(default=30.0, gt=0, alias="RELAY_LEASE_SECONDS")
     coalesce_ms: float = Field(default=25.0, ge=0, alias="RELAY_COALESCE_MS")
@@ -64,8 +191,8 @@ class RelaySettings(Settings):
     # Hatchet before claiming (Hatchet acknowledges nothing before the first event).
     handover_seconds: float = Field(default=30.0, gt=0, le=90, alias="RELAY_HANDOVER_SECONDS")
     handover_grace_ms: float = Field(default=500.0, ge=0, alias="RELAY_HANDOVER_GRACE_MS")
+    hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
 
-@cache
-def settings() -> Settings:
-    return Settings()
+class WorkerSettings(PayloadSettings):
+    """A Hatchet worker that puts files (``hatchway.worker``): it needs only the bucket."""

@@ -14,11 +14,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from . import wiring
 from .hatchet_adapter import HatchetTrigger, UnknownWorkflowError, UpstreamUnavailableError
 from .observability import logger
-from .payloads import PayloadError, Payloads, current
+from .payloads import PayloadError, Payloads
 from .protocol import HTTP_STATUS, ErrorCode, ProtocolError, error_body, is_final
 from .run_queue import RunQueue
+from .settings import TriggerSettings
 from .store import RunRecord, Store
 from .tokens import RunTokens
 
@@ -59,9 +61,8 @@ def create_app(
     hatchet: HatchetTrigger,
     allowed_workflows: frozenset[str],
     websocket_url: str,
-    payloads: Payloads | None = None,
+    payloads: Payloads,  # mints URLs for offloaded payloads as frames are read
 ) -> FastAPI:
-    payloads = payloads or current()  # mints URLs for offloaded payloads as frames are read
     app = FastAPI(title="Hatchway", version="1", docs_url=None, redoc_url=None)
 
     @app.exception_handler(ProtocolError)
@@ -168,3 +169,16 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     return app
+
+
+def build_app(settings: TriggerSettings) -> FastAPI:
+    """The trigger function's app, every adapter from its settings."""
+    return create_app(
+        store=wiring.store(settings),
+        queue=RunQueue(settings.run_queue_url),
+        tokens=wiring.run_tokens(settings, settings.token_ttl_seconds),
+        hatchet=HatchetTrigger(settings.hatchet),
+        allowed_workflows=settings.workflow_allow_list,
+        websocket_url=settings.websocket_url,
+        payloads=wiring.payloads(settings),
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 from .connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
 from .observability import logger
-from .payloads import PayloadError, Payloads, current
+from .payloads import PayloadError, Payloads
 from .protocol import (
     ErrorCode,
     Frame,
@@ -45,35 +45,15 @@ def _lease_holder(run: RunRecord) -> str | None:
     return None
 
 
-class WebSocketApi:
-    def __init__(
-        self,
-        store: Store,
-        connections: Connections,
-        tokens: Callable[[], RunTokens],
-        payloads: Payloads | None = None,
-    ) -> None:
-        self.store = store
-        self.connections = connections
-        # Mints URLs for offloaded payloads when a replay sends them (only subscribe
-        # replays; its S3 client is built on first use).
-        self.payloads = payloads or current()
-        # Only the authorizer and subscribe need the signing key (and the right to read
-        # its secret): fetched on first use, then kept for the execution environment.
-        self._tokens = tokens
-        self._token_checker: RunTokens | None = None
+class TokenAuthorizer:
+    """The ``$connect`` REQUEST authorizer: it checks run tokens, nothing else."""
 
-    @property
-    def tokens(self) -> RunTokens:
-        if self._token_checker is None:
-            self._token_checker = self._tokens()
-        return self._token_checker
-
-    # -- $connect and its authorizer ---------------------------------------------------
+    def __init__(self, tokens: RunTokens) -> None:
+        self.tokens = tokens
 
     def authorize(self, event: dict[str, Any]) -> dict[str, Any]:
-        """REQUEST authorizer: a valid run token in ``?token=`` is allowed, with the run
-        in the context. Raising ``Unauthorized`` makes API Gateway answer 401."""
+        """A valid run token in ``?token=`` is allowed, with the run in the context.
+        Raising ``Unauthorized`` makes API Gateway answer 401."""
         token = (event.get("queryStringParameters") or {}).get("token", "")
         try:
             verified = self.tokens.verify(token)
@@ -94,6 +74,13 @@ class WebSocketApi:
             "context": {"runId": verified.run_id, "tokenExpiresAt": verified.expires_at},
         }
 
+
+class ConnectionLifecycle:
+    """``$connect`` (after the authorizer) and ``$disconnect``: connection items."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
     def connect(self, connection_id: str, authorizer: dict[str, Any] | None) -> dict[str, Any]:
         run_id = str((authorizer or {}).get("runId", ""))
         if not run_id:  # deployed without the authorizer: refuse rather than run open
@@ -105,6 +92,42 @@ class WebSocketApi:
         runs = self.store.drop_connection(connection_id)
         logger.info("connection closed", connection_id=connection_id, runs=runs)
         return {"statusCode": 200}
+
+
+class SubscribeRouteOnlyError(ProtocolError):
+    """A subscribe that reached a function built without tokens (on AWS the route
+    selection sends every ``subscribe`` to the subscribe function)."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.INTERNAL, "subscribe is answered on the subscribe route only")
+
+
+class WebSocketApi:
+    """The client messages. ``tokens`` and ``payloads`` are the subscribe function's
+    (it checks tokens and replays): unsubscribe, ping and ``$default`` have neither,
+    nor the right to read the signing key."""
+
+    def __init__(
+        self,
+        store: Store,
+        connections: Connections,
+        tokens: Callable[[], RunTokens] | None = None,
+        payloads: Payloads | None = None,
+    ) -> None:
+        self.store = store
+        self.connections = connections
+        self.payloads = payloads  # mints URLs for offloaded payloads in a replay
+        # The key is fetched on the first subscribe, then kept for the environment.
+        self._tokens = tokens
+        self._token_checker: RunTokens | None = None
+
+    @property
+    def tokens(self) -> RunTokens:
+        if self._tokens is None:
+            raise SubscribeRouteOnlyError
+        if self._token_checker is None:
+            self._token_checker = self._tokens()
+        return self._token_checker
 
     # -- messages ----------------------------------------------------------------------
 
@@ -166,6 +189,8 @@ class WebSocketApi:
             frames = self.store.read_frames(run_id, after, REPLAY_PAGE)
             if not frames:
                 return
+            if self.payloads is None:
+                raise SubscribeRouteOnlyError
             self._post(connection_id, self.payloads.presign(frames))  # fresh URLs, now
             after = int(frames[-1]["seq"])
 

@@ -1,11 +1,15 @@
 """What a Hatchet task imports to send a file to the people watching its run:
 ``put_file`` (sync tasks) and ``aput_file`` (async tasks).
 
-    from hatchway.worker import aput_file
+    from hatchway.worker import aput_file, payloads_from_environment
+
+    payloads = payloads_from_environment()  # at the worker's start: PAYLOAD_BUCKET is required
 
     @hatchet.task(name="report")
     async def report(input: ReportInput, ctx: Context) -> dict[str, str]:
-        stored = await aput_file(ctx, "/tmp/report.pdf", content_type="application/pdf")
+        stored = await aput_file(
+            ctx, "/tmp/report.pdf", payloads=payloads, content_type="application/pdf"
+        )
         return {"sha256": stored.sha256}
 
 The file goes straight to the payload bucket (``PAYLOAD_BUCKET``), multipart and
@@ -15,8 +19,8 @@ order with the task's other chunks; the relay turns it into a ``file`` frame,
 and every client that receives the frame gets a fresh presigned URL with the
 file's ``size`` and ``sha256``.
 
-The worker needs ``PAYLOAD_BUCKET``, AWS credentials and region (as any boto3
-client finds them) and ``s3:PutObject`` + ``s3:AbortMultipartUpload`` on
+The worker needs ``PAYLOAD_BUCKET`` (read once, by :func:`payloads_from_environment`),
+AWS credentials and region (as any boto3 client finds them) and ``s3:PutObject`` + ``s3:AbortMultipartUpload`` on
 ``<bucket>/runs/*``: the stack's ``PayloadWriterPolicyArn`` output.
 """
 
@@ -29,9 +33,10 @@ import uuid
 from pathlib import Path
 from typing import IO, Protocol
 
-from .payloads import Payloads, StoredFile, current
+from .payloads import Payloads, StoredFile
+from .settings import WorkerSettings, load
 
-__all__ = ["FileSource", "StoredFile", "aput_file", "put_file"]
+__all__ = ["FileSource", "StoredFile", "aput_file", "payloads_from_environment", "put_file"]
 
 # bytes in memory, a path to a file, or a binary file object (read once, in order)
 FileSource = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
@@ -48,14 +53,19 @@ class StreamContext(Protocol):
     async def aio_put_stream(self, data: str | bytes) -> None: ...
 
 
+def payloads_from_environment() -> Payloads:
+    """The bucket adapter a worker passes to put_file: build it once, at start (a
+    missing ``PAYLOAD_BUCKET`` stops the worker there, named)."""
+    return Payloads.from_settings(load(WorkerSettings))
+
+
 def _upload(
     run_id: str,
     source: FileSource,
     name: str | None,
     content_type: str,
-    payloads: Payloads | None,
+    adapter: Payloads,
 ) -> StoredFile:
-    adapter = payloads or current()
     unique = uuid.uuid4().hex
     if isinstance(source, bytes | bytearray | memoryview):
         stream: IO[bytes] = io.BytesIO(source)
@@ -78,9 +88,9 @@ def put_file(
     ctx: StreamContext,
     source: FileSource,
     *,
+    payloads: Payloads,
     name: str | None = None,
     content_type: str = "application/octet-stream",
-    payloads: Payloads | None = None,
 ) -> StoredFile:
     """Upload ``source`` under this run's prefix, then stream its reference.
 
@@ -97,9 +107,9 @@ async def aput_file(
     ctx: StreamContext,
     source: FileSource,
     *,
+    payloads: Payloads,
     name: str | None = None,
     content_type: str = "application/octet-stream",
-    payloads: Payloads | None = None,
 ) -> StoredFile:
     """``put_file`` for async tasks: the upload runs in a thread, off the event loop."""
     stored = await asyncio.to_thread(

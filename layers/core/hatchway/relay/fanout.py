@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from hatchway.connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
 from hatchway.observability import logger
-from hatchway.payloads import PayloadError, Payloads, current, has_references
+from hatchway.payloads import PayloadError, Payloads, has_references
 from hatchway.protocol import Frame, pack_messages
 
 MAX_BACKOFF_S = 5.0
@@ -47,11 +47,11 @@ class ConnectionSender:
     connections: Connections
     executor: Executor
     on_gone: Callable[[str], Awaitable[None]]
+    payloads: Payloads  # mints URLs for references as frames leave
     stats: DeliveryStats = field(default_factory=DeliveryStats)
     _queue: asyncio.Queue[list[Frame]] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
     closed: bool = False
-    payloads: Payloads | None = None  # mints URLs for references (default: the process's)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -113,12 +113,11 @@ class ConnectionSender:
     ) -> list[Frame] | None:
         """The frames with fresh URLs (signing may fetch credentials: off the loop).
         Retried like a throttled post; None once that took too long (logged)."""
-        payloads = self.payloads or current()
         attempt = 0
         waited = 0.0
         while True:
             try:
-                return await loop.run_in_executor(self.executor, payloads.presign, frames)
+                return await loop.run_in_executor(self.executor, self.payloads.presign, frames)
             except PayloadError as error:
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
                 attempt += 1

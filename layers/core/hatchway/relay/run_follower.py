@@ -56,10 +56,10 @@ class RunFollower:
         executor: Executor,
         sender_for: Callable[[str], ConnectionSender],
         coalesce_s: float,
-        payloads: Payloads | None = None,
+        payloads: Payloads,
     ) -> None:
         self.run_id = run.run_id
-        self._payloads = payloads  # S3 for large frames (None: the process's, from the env)
+        self._payloads = payloads  # S3 for large frames
         self.owner = owner
         self._store = store
         self._hatchet = hatchet
@@ -231,8 +231,8 @@ class RunFollower:
                     self.run_id,
                     frames,
                     self._io,
-                    stopped=lambda: self.lease_lost,
                     payloads=self._payloads,
+                    stopped=lambda: self.lease_lost,
                 )
             except BaseException as error:  # S3 kept failing, or cancelled: keep them, in order
                 self._pending = frames + self._pending

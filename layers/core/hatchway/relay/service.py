@@ -61,7 +61,7 @@ class Relay:
         queue: RunQueue,
         connections: Connections,
         hatchet: HatchetEvents,
-        payloads: Payloads | None = None,
+        payloads: Payloads,
     ) -> None:
         self.settings = settings
         self._payloads = payloads

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from hatchway.observability import logger
 
 if TYPE_CHECKING:
-    from hatchway.apigw_emulator.server import ApiGatewayEmulator
+    from hatchway_local.apigw_emulator.server import ApiGatewayEmulator
 
 
 def _say(line: str) -> None:
@@ -37,7 +37,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _run_emulator(args: argparse.Namespace) -> None:
-    from hatchway.hatchet_emulator.server import HatchetEmulator  # noqa: PLC0415
+    from hatchway_local.hatchet_emulator.server import HatchetEmulator  # noqa: PLC0415
 
     emulator = HatchetEmulator(
         grpc_port=args.port,
@@ -68,8 +68,8 @@ async def _serve_gateway(gateway: ApiGatewayEmulator) -> None:
 
 
 def apigw_emulator(args: argparse.Namespace) -> int:
-    from hatchway.apigw_emulator.server import ApiGatewayEmulator  # noqa: PLC0415
-    from hatchway.apigw_emulator.template import TemplateError, TemplateReader  # noqa: PLC0415
+    from hatchway_local.apigw_emulator.server import ApiGatewayEmulator  # noqa: PLC0415
+    from hatchway_local.apigw_emulator.template import TemplateError, TemplateReader  # noqa: PLC0415
 
     try:
         env_vars = json.loads(Path(args.env_vars).read_text()) if args.env_vars else None
@@ -91,17 +91,15 @@ def apigw_emulator(args: argparse.Namespace) -> int:
 
 
 def relay(_args: argparse.Namespace) -> int:
-    from hatchway.settings import RelaySettings  # noqa: PLC0415
-    from hatchway.wiring import run_relay  # noqa: PLC0415
+    from hatchway.relay.main import main as relay_main  # noqa: PLC0415 - the runtime's own
 
-    asyncio.run(run_relay(RelaySettings(), on_ready=lambda: _say("ready")))
-    return 0
+    return relay_main()
 
 
 def demo_worker(args: argparse.Namespace) -> int:
     from hatchet_sdk import Hatchet  # noqa: PLC0415 - slow import, only this command needs it
 
-    from hatchway.demo.workflows import demo_worker as build_worker  # noqa: PLC0415
+    from hatchway_local.demo.workflows import demo_worker as build_worker  # noqa: PLC0415
 
     build_worker(Hatchet(), slots=args.slots).start()
     return 0
@@ -126,7 +124,7 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 
 
 async def _run_dev(args: argparse.Namespace) -> None:
-    from hatchway.local_stack import LocalStack  # noqa: PLC0415
+    from hatchway_local.stack import LocalStack  # noqa: PLC0415
 
     stop = _stop_on_signals()
     async with LocalStack(Path(args.template), http_port=args.port, relays=args.relays) as stack:
@@ -157,7 +155,7 @@ def dev(args: argparse.Namespace) -> int:
 
 
 async def _run_watch(args: argparse.Namespace) -> int:
-    from hatchway.watch import Watched, WatchError, start_run, watch  # noqa: PLC0415
+    from hatchway_local.watch import Watched, WatchError, start_run, watch  # noqa: PLC0415
 
     if args.run and not (args.token and args.websocket_url):
         sys.stderr.write("hatchway watch: --run needs --token and --websocket-url\n")

@@ -26,7 +26,8 @@ from hatchet_sdk import Context, Hatchet, Worker
 from hatchet_sdk.runnables.workflow import BaseWorkflow
 from pydantic import BaseModel, Field
 
-from hatchway.worker import aput_file
+from hatchway.payloads import Payloads
+from hatchway.worker import aput_file, payloads_from_environment
 
 ANNA_KARENINA = resources.files(__package__).joinpath("anna_karenina.txt").read_text("utf-8")
 
@@ -107,7 +108,7 @@ class DemoFailedError(Exception):
     """Raised by demo-fail: the failure a user's task would report."""
 
 
-def build_demo_workflows(hatchet: Hatchet) -> list[BaseWorkflow[Any]]:
+def build_demo_workflows(hatchet: Hatchet, payloads: Payloads) -> list[BaseWorkflow[Any]]:
     @hatchet.task(name="demo-stream", input_validator=StreamInput)
     async def demo_stream(input: StreamInput, ctx: Context) -> dict[str, int]:  # noqa: A002
         await asyncio.sleep(input.start_delay_seconds)
@@ -130,7 +131,9 @@ def build_demo_workflows(hatchet: Hatchet) -> list[BaseWorkflow[Any]]:
     async def demo_file(input: FileInput, ctx: Context) -> dict[str, Any]:  # noqa: A002
         await asyncio.sleep(input.start_delay_seconds)
         source = io.BufferedReader(DemoFile(input.size_bytes, input.seed), 1024 * 1024)
-        stored = await aput_file(ctx, source, name=input.name, content_type=input.content_type)
+        stored = await aput_file(
+            ctx, source, payloads=payloads, name=input.name, content_type=input.content_type
+        )
         return {"name": stored.name, "size": stored.size, "sha256": stored.sha256}
 
     @hatchet.task(name="demo-big-chunk", input_validator=BigChunkInput)
@@ -147,4 +150,5 @@ def build_demo_workflows(hatchet: Hatchet) -> list[BaseWorkflow[Any]]:
 
 
 def demo_worker(hatchet: Hatchet, slots: int = 50) -> Worker:
-    return hatchet.worker("hatchway-demo", slots=slots, workflows=build_demo_workflows(hatchet))
+    workflows = build_demo_workflows(hatchet, payloads_from_environment())
+    return hatchet.worker("hatchway-demo", slots=slots, workflows=workflows)

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from hatchway.observability import logger
+
 from .apigw_emulator.server import ApiGatewayEmulator
 from .apigw_emulator.template import TemplateReader
+from .aws import LocalAws, start_local_aws
 from .hatchet_emulator.server import HatchetEmulator
-from .local.aws import LocalAws, start_local_aws
-from .observability import logger
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -99,10 +100,12 @@ class LocalStack:
         self._logs.append(log)
         return log
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str], module: str = "hatchway_local.cli"
+    ) -> subprocess.Popen[bytes]:
         output = self._output(name)
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "hatchway.cli", *args],
+            [sys.executable, "-m", module, *args],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -148,7 +151,10 @@ class LocalStack:
             await asyncio.sleep(0.05)
 
     def start_relay(self, relay_id: str) -> subprocess.Popen[bytes]:
-        process = self._spawn(relay_id, ["relay"], self.relay_environment(relay_id))
+        # The runtime's own entry point, as the relay image runs it (hatchway-relay).
+        process = self._spawn(
+            relay_id, [], self.relay_environment(relay_id), module="hatchway.relay.main"
+        )
         self.relay_processes[relay_id] = process
         return process
 

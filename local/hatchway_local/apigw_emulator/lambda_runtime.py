@@ -104,7 +104,7 @@ class LambdaFunction:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "hatchway.apigw_emulator.runner",
+            "hatchway_local.apigw_emulator.runner",
             cwd=self.spec.code_uri,
             env=self._environment_variables(),
             stdin=asyncio.subprocess.PIPE,

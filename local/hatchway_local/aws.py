@@ -38,8 +38,8 @@ from typing import IO, Any, Self
 import boto3
 from botocore.exceptions import ClientError
 
-from hatchway.apigw_emulator.template import PSEUDO_PARAMETERS, TemplateReader
 from hatchway.observability import logger
+from hatchway_local.apigw_emulator.template import PSEUDO_PARAMETERS, TemplateReader
 
 # The resolver's stand-ins for the pseudo parameters are moto's defaults too, so an
 # ARN the template builds (``!GetAtt Queue.Arn``) is the ARN moto gives the resource.
