@@ -23,7 +23,14 @@ ECHO_TEMPLATE = Path(__file__).with_name("echo_app") / "template.yaml"
 @pytest.fixture
 def echo_gateway() -> Iterator[dict[str, str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hatchway_local.cli", "apigw-emulator", "--template", str(ECHO_TEMPLATE)],
+        [
+            sys.executable,
+            "-m",
+            "hatchway_local.cli",
+            "apigw-emulator",
+            "--template",
+            str(ECHO_TEMPLATE),
+        ],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )

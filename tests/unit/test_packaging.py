@@ -1,30 +1,162 @@
-"""The Lambda layer installs exactly what the tests ran with."""
+"""The runtime apart from the local tools: each function imports only what it uses,
+the layers' pins are the lock, and the runtime never reaches the local tooling."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
-import tomllib
+import subprocess
+import sys
+from types import ModuleType
 
+import pytest
+
+from hatchway_local.packaging import (
+    FUNCTIONS,
+    LOCAL_TOOLING,
+    NOT_IN_WEBSOCKET_FUNCTIONS,
+    WEBSOCKET_FUNCTIONS,
+    function_environment,
+    import_function,
+)
 from tests.conftest import REPO_ROOT
 
+RUNTIME = REPO_ROOT / "layers" / "core"
 
-def pins(path: str) -> dict[str, str]:
+
+def loaded(modules: list[str], name: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for module in modules)
+
+
+def pins(text: str) -> dict[str, str]:
     found = {}
-    for line in (REPO_ROOT / path).read_text().splitlines():
+    for line in text.splitlines():
         match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
         if match:
-            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+            found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
     return found
 
 
-def test_layer_requirements_match_the_lock() -> None:
-    layer = pins("layers/core/requirements.txt")
-    lock = pins("constraints.txt")
-    assert layer
-    assert {name: lock.get(name) for name in layer} == layer
+def lock_layers() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "lock_layers", REPO_ROOT / "scripts/lock_layers.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_layer_requirements_cover_every_runtime_dependency() -> None:
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    declared = {re.split(r"[<>=!~ ]", dep)[0].lower() for dep in project["dependencies"]}
-    assert declared <= set(pins("layers/core/requirements.txt"))
+@pytest.mark.parametrize("function", WEBSOCKET_FUNCTIONS)
+def test_websocket_functions_import_neither_hatchet_grpc_nor_fastapi(function: str) -> None:
+    cold = import_function(REPO_ROOT / "functions" / function, [RUNTIME], isolated=False)
+    for heavy in (*NOT_IN_WEBSOCKET_FUNCTIONS, *LOCAL_TOOLING):
+        assert not loaded(cold.modules, heavy), f"{function} imports {heavy}"
+    assert loaded(cold.modules, "hatchway")
+
+
+def test_the_trigger_starts_runs_without_hatchet_sdk() -> None:
+    cold = import_function(REPO_ROOT / "functions" / "trigger", [RUNTIME], isolated=False)
+    for heavy in ("hatchet_sdk", *LOCAL_TOOLING):
+        assert not loaded(cold.modules, heavy), f"the trigger imports {heavy}"
+    assert loaded(cold.modules, "grpc") and loaded(cold.modules, "fastapi")
+
+
+def test_the_runtime_package_never_imports_local_tooling_or_the_sdk() -> None:
+    forbidden = {
+        "hatchway_local",
+        "hatchet_sdk",
+        "moto",
+        "yaml",
+        "trustme",
+        "websockets",
+        "aiohttp",
+    }
+    for path in (RUNTIME / "hatchway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_the_layers_requirements_are_generated_from_the_lock() -> None:
+    module = lock_layers()
+    for layer, lines in module.layer_requirements().items():
+        assert module.LAYERS[layer].read_text() == module.render(layer, lines), (
+            f"{module.LAYERS[layer].name} is stale: run make lock-layers"
+        )
+
+
+def test_every_layer_pin_equals_the_lock_and_no_package_is_in_two_layers() -> None:
+    lock = pins((REPO_ROOT / "constraints.txt").read_text())
+    core = pins((RUNTIME / "requirements.txt").read_text())
+    trigger = pins((RUNTIME / "requirements-trigger.txt").read_text())
+    assert core and trigger
+    assert {name: lock.get(name) for name in core | trigger} == core | trigger
+    assert not set(core) & set(trigger)
+    for tool in ("pip", "setuptools", "wheel", "grpcio-tools", "hatchet-sdk", "moto", "pyyaml"):
+        assert tool not in core | trigger
+
+
+def test_the_layer_closure_covers_what_the_runtime_declares() -> None:
+    module = lock_layers()
+    core = set(pins((RUNTIME / "requirements.txt").read_text()))
+    trigger = set(pins((RUNTIME / "requirements-trigger.txt").read_text()))
+    declared = {re.split(r"[<>=!~ \[]", dep)[0].lower() for dep in module.runtime_requirements()}
+    assert {re.sub(r"[-_.]+", "-", d) for d in declared} <= core
+    assert {"fastapi", "mangum", "grpcio", "protobuf"} <= trigger
+
+
+# -- settings: a process that lacks a variable stops at start, naming it ----------------
+
+
+@pytest.mark.parametrize(
+    ("function", "variable"),
+    [
+        ("trigger", "ALLOWED_WORKFLOWS"),
+        ("trigger", "HATCHET_CLIENT_TOKEN"),
+        ("ws_connect", "TABLE_NAME"),
+        ("ws_subscribe", "PAYLOAD_BUCKET"),
+        ("ws_ping", "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"),
+    ],
+)
+def test_a_function_without_a_required_variable_fails_at_import_naming_it(
+    function: str, variable: str
+) -> None:
+    env = function_environment()
+    del env[variable]
+    with pytest.raises(RuntimeError, match=variable):
+        import_function(REPO_ROOT / "functions" / function, [RUNTIME], env=env, isolated=False)
+
+
+def test_the_authorizer_without_a_token_key_fails_at_import_naming_both() -> None:
+    env = function_environment()
+    del env["TOKEN_SIGNING_KEY"]
+    with pytest.raises(RuntimeError, match="TOKEN_SECRET_ARN.*TOKEN_SIGNING_KEY"):
+        import_function(
+            REPO_ROOT / "functions" / "ws_authorizer", [RUNTIME], env=env, isolated=False
+        )
+
+
+def test_the_relay_without_its_queue_stops_at_start_naming_it() -> None:
+    env = function_environment()
+    del env["RUN_QUEUE_URL"]
+    result = subprocess.run(
+        [sys.executable, "-m", "hatchway.relay.main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "RUN_QUEUE_URL is required" in result.stderr
+
+
+def test_every_function_is_checked() -> None:
+    assert sorted(FUNCTIONS) == sorted(p.name for p in (REPO_ROOT / "functions").iterdir())

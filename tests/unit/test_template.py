@@ -497,7 +497,7 @@ def test_relay_task_definition() -> None:
         "Fn::Sub": "${AWS::AccountId}.dkr.ecr.${AWS::Region}.amazonaws.com/"
         "${RelayRepository}:${RelayImageTag}"
     }
-    assert container["Command"] == ["hatchway", "relay"]  # exec form: SIGTERM reaches Python
+    assert container["Command"] == ["hatchway-relay"]  # exec form: SIGTERM reaches Python
     assert "EntryPoint" not in container
     assert container["StopTimeout"] == 120
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"

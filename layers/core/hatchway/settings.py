@@ -96,9 +96,7 @@ class PayloadSettings(_Env):
 class ManagementApiSettings(_Env):
     # https://{api}.execute-api.{region}.amazonaws.com/{stage} on AWS; botocore reads
     # the same variable, but a process that posts must not start without it.
-    management_api_url: str = Field(
-        min_length=1, alias="AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"
-    )
+    management_api_url: str = Field(min_length=1, alias="AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI")
 
 
 class HatchetSettings(BaseSettings):

@@ -20,8 +20,8 @@ and every client that receives the frame gets a fresh presigned URL with the
 file's ``size`` and ``sha256``.
 
 The worker needs ``PAYLOAD_BUCKET`` (read once, by :func:`payloads_from_environment`),
-AWS credentials and region (as any boto3 client finds them) and ``s3:PutObject`` + ``s3:AbortMultipartUpload`` on
-``<bucket>/runs/*``: the stack's ``PayloadWriterPolicyArn`` output.
+AWS credentials and region (as any boto3 client finds them) and ``s3:PutObject`` +
+``s3:AbortMultipartUpload`` on ``<bucket>/runs/*``: the stack's ``PayloadWriterPolicyArn`` output.
 """
 
 from __future__ import annotations

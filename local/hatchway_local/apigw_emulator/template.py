@@ -266,7 +266,10 @@ class TemplateReader:
         if resource is None or resource.get("Type") not in FUNCTION_TYPES:
             raise TemplateError(f"{logical_id} is not a Lambda function of this template")
         globals_ = (self.template.get("Globals") or {}).get("Function") or {}
-        properties = {**globals_, **self._properties(logical_id)}
+        own = self._properties(logical_id)
+        properties = {**globals_, **own}
+        # SAM adds a function's Layers to the global ones (lists are additive).
+        properties["Layers"] = [*(globals_.get("Layers") or []), *(own.get("Layers") or [])]
         runtime = str(self.resolver.resolve(properties.get("Runtime", "")))
         if not runtime.startswith("python"):
             raise TemplateError(f"{logical_id}: runtime {runtime!r} is not served (python only)")

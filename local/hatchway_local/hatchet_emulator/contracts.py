@@ -52,7 +52,11 @@ def sdk_file_set() -> descriptor_pb2.FileDescriptorSet:
 
 def main() -> None:
     target = Path(
-        str(resources.files(hatchet_contracts.__package__).joinpath(hatchet_contracts.CONTRACTS_FILE))
+        str(
+            resources.files(hatchet_contracts.__package__).joinpath(
+                hatchet_contracts.CONTRACTS_FILE
+            )
+        )
     )
     target.write_bytes(sdk_file_set().SerializeToString(deterministic=True))
     sys.stderr.write(f"wrote {target}\n")

@@ -1,0 +1,104 @@
+"""The layers as `sam build` builds them (layers/core/build_layer.py, BuildMethod
+makefile): only runtime code, pinned to the lock, and enough on their own: every
+function imports, and every AWS client the runtime uses is created, with nothing
+but its code and layers on the path (no site-packages), as on Lambda."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hatchway_local.packaging import (
+    FUNCTIONS,
+    LOCAL_TOOLING,
+    build_layer,
+    distributions,
+    function_environment,
+    import_function,
+)
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.functional
+
+BUILD = REPO_ROOT / "layers" / "core" / "build_layer.py"
+
+
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("layers")
+    return {name: build_layer(BUILD, name, root / name) for name in ("core", "trigger")}
+
+
+def lock() -> dict[str, str]:
+    found = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if match:
+            found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return found
+
+
+def test_every_package_in_a_layer_is_the_version_the_tests_ran(layers: dict[str, Path]) -> None:
+    pinned = lock()
+    for layer in layers.values():
+        held = distributions(layer)
+        assert held
+        assert {name: pinned.get(name) for name in held} == held
+
+
+def test_no_local_tooling_or_build_tool_is_in_a_layer(layers: dict[str, Path]) -> None:
+    forbidden = {
+        *LOCAL_TOOLING,
+        "hatchet_sdk",
+        "grpc_tools",
+        "setuptools",
+        "pkg_resources",
+        "pip",
+        "bin",
+        "_pytest",
+        "pytest",
+    }
+    for layer in layers.values():
+        assert not forbidden & {path.name for path in layer.iterdir()}
+    runtime = layers["core"] / "hatchway"
+    assert (runtime / "hatchet_contracts.binpb").is_file()
+    assert not list(runtime.rglob("*emulator*"))
+    assert {path.name for path in layers["core"].iterdir()} >= {"hatchway", "boto3", "pydantic"}
+    assert not {"grpc", "fastapi", "google"} & {path.name for path in layers["core"].iterdir()}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_each_function_imports_from_its_layers_alone(
+    layers: dict[str, Path], function: str
+) -> None:
+    paths = [layers["core"], layers["trigger"]] if function == "trigger" else [layers["core"]]
+    cold = import_function(REPO_ROOT / "functions" / function, paths)
+    assert not any(module.startswith("hatchway_local") for module in cold.modules)
+
+
+def test_every_aws_client_the_runtime_uses_loads_from_the_pruned_botocore(
+    layers: dict[str, Path],
+) -> None:
+    probe = (
+        f"import sys; sys.path[:0] = [{str(layers['core'])!r}]\n"
+        "import boto3\n"
+        "for name in ('dynamodb', 'sqs', 's3', 'apigatewaymanagementapi', 'secretsmanager'):\n"
+        "    boto3.client(name, endpoint_url='http://127.0.0.1:9')\n"
+        "boto3.resource('dynamodb', endpoint_url='http://127.0.0.1:9').Table('t')\n"
+        "from aws_lambda_powertools.utilities import parameters\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        env=function_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
