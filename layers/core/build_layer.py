@@ -74,7 +74,7 @@ def build(layer: str, artifacts: Path) -> Path:
 
 
 def main() -> int:
-    if len(sys.argv) != 3 or sys.argv[1] not in REQUIREMENTS:  # noqa: PLR2004
+    if len(sys.argv) != 3 or sys.argv[1] not in REQUIREMENTS:
         sys.stderr.write(f"usage: {Path(sys.argv[0]).name} core|trigger ARTIFACTS_DIR\n")
         return 2
     if sys.version_info[:2] != (3, 12):

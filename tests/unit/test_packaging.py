@@ -42,7 +42,8 @@ def lock_layers() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "lock_layers", REPO_ROOT / "scripts/lock_layers.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -60,7 +61,8 @@ def test_the_trigger_starts_runs_without_hatchet_sdk() -> None:
     cold = import_function(REPO_ROOT / "functions" / "trigger", [RUNTIME], isolated=False)
     for heavy in ("hatchet_sdk", *LOCAL_TOOLING):
         assert not loaded(cold.modules, heavy), f"the trigger imports {heavy}"
-    assert loaded(cold.modules, "grpc") and loaded(cold.modules, "fastapi")
+    assert loaded(cold.modules, "grpc")
+    assert loaded(cold.modules, "fastapi")
 
 
 def test_the_runtime_package_never_imports_local_tooling_or_the_sdk() -> None:
@@ -96,7 +98,8 @@ def test_every_layer_pin_equals_the_lock_and_no_package_is_in_two_layers() -> No
     lock = pins((REPO_ROOT / "constraints.txt").read_text())
     core = pins((RUNTIME / "requirements.txt").read_text())
     trigger = pins((RUNTIME / "requirements-trigger.txt").read_text())
-    assert core and trigger
+    assert core
+    assert trigger
     assert {name: lock.get(name) for name in core | trigger} == core | trigger
     assert not set(core) & set(trigger)
     for tool in ("pip", "setuptools", "wheel", "grpcio-tools", "hatchet-sdk", "moto", "pyyaml"):
@@ -137,7 +140,7 @@ def test_a_function_without_a_required_variable_fails_at_import_naming_it(
 def test_the_authorizer_without_a_token_key_fails_at_import_naming_both() -> None:
     env = function_environment()
     del env["TOKEN_SIGNING_KEY"]
-    with pytest.raises(RuntimeError, match="TOKEN_SECRET_ARN.*TOKEN_SIGNING_KEY"):
+    with pytest.raises(RuntimeError, match=r"TOKEN_SECRET_ARN.*TOKEN_SIGNING_KEY"):
         import_function(
             REPO_ROOT / "functions" / "ws_authorizer", [RUNTIME], env=env, isolated=False
         )
