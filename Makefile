@@ -66,7 +66,9 @@ lock-layers: install ## rewrite the layers' requirements files from constraints.
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build
 
-bench: install ## print benchmark figures (emulator startup; large payloads: time, memory, cost)
+bench: install ## print benchmark figures (cold starts and sizes vs the previous layout; cold connect; emulator startup; large payloads)
+	$(BIN)/python benchmarks/cold_start.py
+	$(BIN)/python benchmarks/cold_connect.py
 	$(BIN)/python benchmarks/emulator_startup.py
 	$(BIN)/python benchmarks/payloads.py
 

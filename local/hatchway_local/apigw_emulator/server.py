@@ -311,6 +311,14 @@ class ApiGatewayEmulator:
 
     # -- invoking handlers -------------------------------------------------------------
 
+    async def cool_down(self, *logical_ids: str) -> None:
+        """End these functions' execution environments: their next invocations start
+        cold, as after an idle spell or a deploy (benchmarks measure cold starts)."""
+        for logical_id in logical_ids:
+            function = self._functions.pop(logical_id, None)
+            if function is not None:
+                await function.close()
+
     async def invoke(self, spec: FunctionSpec, event: dict[str, Any]) -> Any:  # noqa: ANN401
         function = self._functions.get(spec.logical_id)
         if function is None:
