@@ -128,7 +128,7 @@ def test_a_serverless_resource_comes_first() -> None:
     order = list(RESOURCES)
     assert order[0] == "CoreLayer"
     assert RESOURCES["CoreLayer"]["Type"] == "AWS::Serverless::LayerVersion"
-    assert RESOURCES["CoreLayer"]["Metadata"]["BuildMethod"] == "python3.12"
+    assert RESOURCES["CoreLayer"]["Metadata"]["BuildMethod"] == "makefile"
 
 
 def test_every_resource_of_the_design_is_declared() -> None:
@@ -158,7 +158,7 @@ def test_functions_are_exactly_the_designed_ones() -> None:
         properties = props(logical_id)
         assert properties["CodeUri"] == f"functions/{folder}/"
         assert properties.get("Handler", GLOBAL_FUNCTION.get("Handler")) == "app.handler"
-        for key in ("Runtime", "Timeout", "MemorySize", "Layers", "Architectures"):
+        for key in ("Runtime", "Timeout", "MemorySize", "Architectures"):
             assert key not in properties, f"{logical_id} overrides the global {key}"
 
 
@@ -603,5 +603,21 @@ def test_the_api_gateway_emulator_serves_the_template() -> None:
     }
     trigger = api.functions["TriggerFunction"]
     assert trigger.timeout_s == 10
-    assert trigger.layers == ((REPO_ROOT / "layers" / "core").resolve(),)
+    core = (REPO_ROOT / "layers" / "core").resolve()
+    assert trigger.layers == (core, core)  # CoreLayer and TriggerLayer, both from layers/core/
     assert trigger.environment["TABLE_NAME"] == "HatchwayTable"  # named by logical id locally
+
+
+def test_the_websocket_functions_get_only_the_core_layer_and_the_trigger_adds_its_own() -> None:
+    for layer in ("CoreLayer", "TriggerLayer"):
+        assert RESOURCES[layer]["Metadata"]["BuildMethod"] == "makefile"  # build_layer.py
+        assert RESOURCES[layer]["Properties"]["ContentUri"] == "layers/core/"
+    assert GLOBAL_FUNCTION["Layers"] == [{"Ref": "CoreLayer"}]
+    assert RESOURCES["TriggerFunction"]["Properties"]["Layers"] == [{"Ref": "TriggerLayer"}]
+    for name in FUNCTIONS:
+        if name != "TriggerFunction":
+            assert "Layers" not in RESOURCES[name]["Properties"], name
+    # SAM adds a function's Layers to the global ones; the emulator does the same.
+    functions = TemplateReader(TEMPLATE_PATH).api().functions
+    assert len(functions["TriggerFunction"].layers) == 2
+    assert len(functions["WsConnectFunction"].layers) == 1
