@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import pytest
+from botocore.exceptions import ClientError
 
 from hatchway.hatchet_adapter import HatchetEvent, RunStatus
 from hatchway.payloads import Payloads
 from hatchway.protocol import Frame
-from hatchway.relay.run_follower import RunFollower
+from hatchway.relay import run_follower as run_follower_module
+from hatchway.relay.run_follower import LogUnavailableError, RunFollower
 from hatchway.store import LeaseLostError, RunRecord, Subscription
 
 
@@ -51,6 +55,37 @@ class FakeStore:
 
     def release_lease(self, _run_id: str, _owner: str) -> None:
         self.released = True
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return RunRecord(run_id, "wf", "RUNNING", len(self.log), 0, 0, self.owner, 0, None)
+
+
+class FlakyStore(FakeStore):
+    """Every ``every``-th append fails as DynamoDB does under load (a 500 after
+    botocore's retries); ``applied`` makes the failed request land all the same
+    (the error came back after the write). ``down`` fails every append."""
+
+    def __init__(self, every: int = 5, *, applied: bool = False) -> None:
+        super().__init__()
+        self.every = every
+        self.applied = applied
+        self.calls = 0
+        self.failures = 0
+        self.down = False
+
+    def append_frames(
+        self, run_id: str, frames: list[Frame], owner: str, indexes: dict[str, int]
+    ) -> None:
+        self.calls += 1
+        if self.down or self.calls % self.every == 0:
+            self.failures += 1
+            if self.applied and not self.down:
+                super().append_frames(run_id, frames, owner, indexes)
+            raise ClientError(
+                {"Error": {"Code": "InternalServerError", "Message": "try again"}},
+                "TransactWriteItems",
+            )
+        super().append_frames(run_id, frames, owner, indexes)
 
 
 class FakeHatchet:
@@ -97,6 +132,7 @@ def follower(
     status: str = "QUEUED",
     *,
     payloads: Payloads | None = None,
+    log_retry_s: float = 60.0,
 ) -> tuple[RunFollower, FakeSender]:
     sender = FakeSender()
     run = RunRecord("r1", "wf", status, last_seq, 0, 0, "me", 0, indexes)
@@ -111,6 +147,7 @@ def follower(
             coalesce_s=0.001,
             # no frame here needs S3 unless a test passes its own fake
             payloads=payloads or Payloads("bucket", client=object()),
+            log_retry_s=log_retry_s,
         ),
         sender,
     )
@@ -215,3 +252,87 @@ async def test_subscribers_get_backlog_then_live_without_repeats() -> None:
     await run.flush()
 
     assert [f["seq"] for f in sender.sent] == [2, 3]
+
+
+# -- a frame log that fails: nothing received is lost (issue: hardening, item 1) -------
+
+
+def streamed(chunks: int) -> list[Any]:
+    return [
+        *(event("STREAM", payload=f"c{n} ", index=n) for n in range(chunks)),
+        event("COMPLETED", "WORKFLOW_RUN", "{}"),
+    ]
+
+
+class PacedHatchet(FakeHatchet):
+    """Events a few milliseconds apart, so the coalescing timer flushes many times
+    while the stream goes on (the flushes nobody awaits)."""
+
+    async def events(self, run_id: str) -> AsyncIterator[HatchetEvent]:
+        async for item in super().events(run_id):
+            await asyncio.sleep(0.003)
+            yield item
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_follower_module, "LOG_MAX_BACKOFF_S", 0.01)
+
+
+@pytest.mark.usefixtures("fast_backoff")
+@pytest.mark.parametrize("applied", [False, True], ids=["refused", "applied-then-500"])
+async def test_failing_log_writes_are_retried_in_order_and_nothing_is_lost(applied: bool) -> None:
+    store = FlakyStore(every=3, applied=applied)
+    run, sender = follower(PacedHatchet([streamed(40)]), store)
+    run.subscribers["c1"] = run_follower_module.Subscriber("c1", cursor=0, live=True)
+    await run.follow()
+
+    assert store.failures >= 5
+    assert [f["seq"] for f in store.log] == list(range(1, 43))  # no seq twice, none missing
+    assert "".join(f.get("data", "") for f in store.log) == "".join(f"c{n} " for n in range(40))
+    assert store.log[-1]["final"] is True
+    assert not any(f["type"] == "gap" for f in store.log)
+    assert sender.sent == store.log  # each frame reached the subscriber once, in order
+    assert not run.lease_lost
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_a_burst_of_errors_on_the_final_flush_still_logs_the_final_status() -> None:
+    store = FlakyStore(every=10**6)
+    hatchet = FakeHatchet([streamed(5)])
+    run, _ = follower(hatchet, store)
+    original = store.append_frames
+    burst = iter(range(6))
+
+    def failing_at_the_end(*args: Any) -> None:
+        if any(f.get("final") for f in args[1]) and next(burst, None) is not None:
+            raise ClientError({"Error": {"Code": "ThrottlingException"}}, "TransactWriteItems")
+        original(*args)
+
+    store.append_frames = failing_at_the_end  # type: ignore[method-assign]
+    await run.follow()
+    assert store.log[-1]["final"] is True
+    assert [f["seq"] for f in store.log] == list(range(1, len(store.log) + 1))
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_a_log_down_past_the_bound_hands_the_run_back_keeping_every_frame() -> None:
+    store = FlakyStore(every=10**6)
+    store.down = True
+    run, _ = follower(FakeHatchet([streamed(3)]), store, log_retry_s=0.2)
+    with pytest.raises(LogUnavailableError):
+        await run.follow()  # the relay then releases the run's message, never deletes it
+    assert store.log == []
+    assert [f["seq"] for f in run._pending] == [1, 2, 3, 4, 5]  # kept, in order
+    assert run._pending[-1]["final"] is True
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_a_timed_flush_that_fails_stops_the_follower_instead_of_dying_unseen() -> None:
+    store = FlakyStore(every=10**6)
+    endless = [event("STREAM", payload=f"c{n}", index=n) for n in range(10_000)]
+    run, _ = follower(PacedHatchet([endless]), store, log_retry_s=0.1)
+    store.down = True
+    with pytest.raises(LogUnavailableError):
+        await asyncio.wait_for(run.follow(), 30)  # not the 30 s of an endless stream
+    assert store.log == []

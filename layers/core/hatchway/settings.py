@@ -189,6 +189,9 @@ class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings):
     # Hatchet before claiming (Hatchet acknowledges nothing before the first event).
     handover_seconds: float = Field(default=30.0, gt=0, le=90, alias="RELAY_HANDOVER_SECONDS")
     handover_grace_ms: float = Field(default=500.0, ge=0, alias="RELAY_HANDOVER_GRACE_MS")
+    # A frame-log write that keeps failing (a 500, throttling) is retried this long;
+    # then the run is handed back (its message released), never finished.
+    log_retry_seconds: float = Field(default=60.0, gt=0, alias="RELAY_LOG_RETRY_SECONDS")
     hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
 

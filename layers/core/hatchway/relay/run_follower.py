@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
 from .fanout import ConnectionSender
 
 RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+LOG_MAX_BACKOFF_S = 2.0
+
+
+class LogUnavailableError(Exception):
+    """The frame log stayed unwritable past the bound: the run is handed back (its
+    queue message released, never deleted), so another try ends its sequence."""
 
 
 @dataclass
@@ -57,6 +64,7 @@ class RunFollower:
         sender_for: Callable[[str], ConnectionSender],
         coalesce_s: float,
         payloads: Payloads,
+        log_retry_s: float = 60.0,
     ) -> None:
         self.run_id = run.run_id
         self._payloads = payloads  # S3 for large frames
@@ -66,6 +74,9 @@ class RunFollower:
         self._executor = executor
         self._sender_for = sender_for
         self._coalesce_s = coalesce_s
+        self._log_retry_s = log_retry_s  # how long one append is retried before giving up
+        self._following: asyncio.Task[Any] | None = None
+        self._failure: BaseException | None = None  # a scheduled flush's, for follow()
         self.logged_seq = run.last_seq  # highest seq in the log
         self._next_seq = run.last_seq + 1
         self.status = run.status
@@ -93,7 +104,22 @@ class RunFollower:
         """Run until the run's final frame is logged (or the lease is lost).
 
         ``events``: a subscription opened before this relay held the lease (a
-        handover); what the previous holder logged already is dropped by index."""
+        handover); what the previous holder logged already is dropped by index.
+        Raises what made a flush fail (LogUnavailableError, PayloadError at the end)."""
+        self._following = asyncio.current_task()
+        try:
+            await self._follow(events)
+        except asyncio.CancelledError:
+            if self._failure is None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # we are a task
+            raise self._failure from None
+        finally:
+            self._following = None
+        if self._failure is not None:
+            raise self._failure
+
+    async def _follow(self, events: AsyncIterator[HatchetEvent] | None) -> None:
         for subscription in await self._io(self._store.subscriptions_of_run, self.run_id):
             await self.add_subscriber(subscription)
         attempt = 0
@@ -214,7 +240,18 @@ class RunFollower:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         loop = asyncio.get_running_loop()
-        self._flush_handle = loop.call_later(delay, lambda: loop.create_task(self.flush()))
+        self._flush_handle = loop.call_later(delay, lambda: loop.create_task(self._timed_flush()))
+
+    async def _timed_flush(self) -> None:
+        """A flush nobody awaits: its failure must not pass unseen. It stops follow(),
+        which raises it, and the relay hands the run back."""
+        try:
+            await self.flush()
+        except Exception as error:  # noqa: BLE001 - recorded and acted on, never lost
+            logger.error("flush failed; handing the run back", run_id=self.run_id, error=str(error))
+            self._failure = error
+            if self._following is not None:
+                self._following.cancel()
 
     async def flush(self) -> None:
         """Append pending frames to the log, then fan them out. Frames too large for a
@@ -245,13 +282,7 @@ class RunFollower:
             batches = log_batches(logged)  # a DynamoDB item holds at most 400 KB
             for number, batch in enumerate(batches, 1):
                 try:
-                    await self._io(
-                        self._store.append_frames,
-                        self.run_id,
-                        batch,
-                        self.owner,
-                        indexes if number == len(batches) else None,
-                    )
+                    await self._append(batch, indexes if number == len(batches) else None)
                 except LeaseLostError:
                     logger.warning(
                         "lease lost; another relay writes this run now", run_id=self.run_id
@@ -259,10 +290,56 @@ class RunFollower:
                     self.lease_lost = True
                     self.finished.set()
                     return
+                except BaseException:  # unwritable for too long, or cancelled: keep, in order
+                    self._pending = [f for b in batches[number - 1 :] for f in b] + self._pending
+                    raise
                 self.log_writes += 1
                 self.logged_seq = int(batch[-1]["seq"])
                 for subscriber in self.subscribers.values():
                     self._deliver(subscriber, batch)
+
+    async def _append(self, batch: list[Frame], indexes: dict[str, int] | None) -> None:
+        """One log item, retried through transient errors (a 500, throttling after
+        botocore's retries, a timeout) with capped, jittered backoff, for up to
+        ``log_retry_s``; then LogUnavailableError. Only a lost lease stops it at once.
+
+        A failed request may still have been applied: a retry that is then refused
+        by the fence checks the run's record, and a write already there is done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._log_retry_s
+        attempt = 0
+        while True:
+            try:
+                await self._io(self._store.append_frames, self.run_id, batch, self.owner, indexes)
+            except LeaseLostError:
+                if attempt and await self._landed(batch):
+                    return
+                raise
+            except Exception as error:  # any store error but the fence is retried
+                attempt += 1
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise LogUnavailableError(
+                        f"run {self.run_id}: frame log unwritable for {self._log_retry_s:g}s"
+                    ) from error
+                delay = min(LOG_MAX_BACKOFF_S, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1)  # noqa: S311
+                logger.warning(
+                    "log write failed; retrying",
+                    run_id=self.run_id,
+                    attempt=attempt,
+                    error=str(error),
+                )
+                await asyncio.sleep(min(delay, remaining))
+            else:
+                return
+
+    async def _landed(self, batch: list[Frame]) -> bool:
+        run = await self._io(self._store.get_run, self.run_id)
+        return bool(
+            run is not None
+            and run.lease_owner == self.owner
+            and run.last_seq >= int(batch[-1]["seq"])
+        )
 
     def _deliver(self, subscriber: Subscriber, frames: list[Frame]) -> None:
         if not subscriber.live:
@@ -323,5 +400,6 @@ class RunFollower:
         """Stop following: log what was received, release the lease (SIGTERM)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        await self.flush()
+        if self._failure is None:  # a log that just failed for a minute is not retried
+            await self.flush()
         await self._io(self._store.release_lease, self.run_id, self.owner)

@@ -231,6 +231,7 @@ class Relay:
             sender_for=self._sender,
             coalesce_s=self.settings.coalesce_ms / 1000,
             payloads=self._payloads,
+            log_retry_s=self.settings.log_retry_seconds,
         )
         task = asyncio.create_task(self._follow(follower, events))
         self.runs[run.run_id] = HeldRun(follower, message, task)
