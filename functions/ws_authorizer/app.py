@@ -1,5 +1,5 @@
 """$connect REQUEST authorizer: allows a connection that carries a valid run token."""
 
-from hatchway import lambda_handlers
+from hatchway import authorizer
 
-handler = lambda_handlers.authorizer()
+handler = authorizer.handler()

@@ -1,5 +1,5 @@
-"""The WebSocket Lambda handlers, each built once per execution environment from
-its own settings model (validated there, at the cold start).
+"""The WebSocket Lambda handlers (the authorizer's is ``authorizer.py``), each built
+once per execution environment from its own settings model (validated there, at the cold start).
 
 Each function's ``app.py`` is one line over these: they parse the event with
 Powertools' ``APIGatewayWebSocketEvent`` and call the core (``websocket.py``).
@@ -17,26 +17,14 @@ from . import wiring
 from .connections import Connections
 from .observability import logger
 from .settings import (
-    AuthorizerSettings,
     ConnectionSettings,
     MessageSettings,
     SubscribeSettings,
     load,
 )
-from .websocket import ConnectionLifecycle, TokenAuthorizer, WebSocketApi
+from .websocket import ConnectionLifecycle, WebSocketApi
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
-
-
-def authorizer() -> Handler:
-    settings = load(AuthorizerSettings)
-    api = TokenAuthorizer(wiring.run_tokens(settings))
-
-    @logger.inject_lambda_context
-    def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
-        return api.authorize(event)
-
-    return handler
 
 
 def connect() -> Handler:

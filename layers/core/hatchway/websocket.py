@@ -45,36 +45,6 @@ def _lease_holder(run: RunRecord) -> str | None:
     return None
 
 
-class TokenAuthorizer:
-    """The ``$connect`` REQUEST authorizer: it checks run tokens, nothing else."""
-
-    def __init__(self, tokens: RunTokens) -> None:
-        self.tokens = tokens
-
-    def authorize(self, event: dict[str, Any]) -> dict[str, Any]:
-        """A valid run token in ``?token=`` is allowed, with the run in the context.
-        Raising ``Unauthorized`` makes API Gateway answer 401."""
-        token = (event.get("queryStringParameters") or {}).get("token", "")
-        try:
-            verified = self.tokens.verify(token)
-        except ProtocolError:
-            raise PermissionError("Unauthorized") from None  # API Gateway's 401 convention
-        return {
-            "principalId": verified.run_id,
-            "policyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Action": "execute-api:Invoke",
-                        "Effect": "Allow",
-                        "Resource": event["methodArn"],
-                    }
-                ],
-            },
-            "context": {"runId": verified.run_id, "tokenExpiresAt": verified.expires_at},
-        }
-
-
 class ConnectionLifecycle:
     """``$connect`` (after the authorizer) and ``$disconnect``: connection items."""
 

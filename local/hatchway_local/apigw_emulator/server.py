@@ -65,6 +65,7 @@ class Invocation:
     event: dict[str, Any]
     result: Any = None
     error: str | None = None
+    finished: bool = False
 
 
 @dataclass
@@ -332,7 +333,18 @@ class ApiGatewayEmulator:
             record.error = str(error)
             logger.warning("handler failed", function=spec.logical_id, error=str(error))
             raise
+        finally:
+            record.finished = True
         return record.result
+
+    async def idle(self, timeout_s: float = 30.0) -> None:
+        """Until no handler call is in flight (benchmarks that need cold functions
+        must not end an environment in the middle of a call)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(not record.finished for record in self.invocations):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("handler calls still in flight")
+            await asyncio.sleep(0.01)
 
     # -- WebSocket API -----------------------------------------------------------------
 
