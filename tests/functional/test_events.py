@@ -23,6 +23,7 @@ from hatchway_local.apigw_emulator.template import TemplateReader
 from hatchway_local.aws import LocalAws, start_local_aws
 from hatchway_local.hatchet_emulator.engine import TaskSpec, WorkflowSpec
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
+from hatchway_local.packaging import FUNCTIONS
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -223,14 +224,5 @@ async def test_samples_have_the_shapes_the_emulator_sends(invoker: Invoker) -> N
 
 def test_every_function_has_samples() -> None:
     names = {path.stem for path in Path(EVENTS).glob("*.json")}
-    for prefix in (
-        "trigger_",
-        "ws_authorizer",
-        "ws_connect",
-        "ws_disconnect",
-        "ws_subscribe",
-        "ws_unsubscribe",
-        "ws_ping",
-        "ws_default",
-    ):
-        assert any(name.startswith(prefix) for name in names), prefix
+    for function in FUNCTIONS:
+        assert any(name.startswith(function) for name in names), function
