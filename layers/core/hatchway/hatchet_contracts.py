@@ -22,19 +22,17 @@ from google.protobuf.descriptor import ServiceDescriptor
 CONTRACTS_FILE = "hatchet_contracts.binpb"
 
 
-@cache
-def _pool() -> descriptor_pool.DescriptorPool:
-    data = resources.files(__package__).joinpath(CONTRACTS_FILE).read_bytes()
-    file_set = descriptor_pb2.FileDescriptorSet.FromString(data)
-    pool = descriptor_pool.DescriptorPool()
-    for file_proto in file_set.file:  # stored in dependency order
-        pool.Add(file_proto)
-    return pool
-
-
 def stored_file_set() -> descriptor_pb2.FileDescriptorSet:
     data = resources.files(__package__).joinpath(CONTRACTS_FILE).read_bytes()
     return descriptor_pb2.FileDescriptorSet.FromString(data)
+
+
+@cache
+def _pool() -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    for file_proto in stored_file_set().file:  # stored in dependency order
+        pool.Add(file_proto)
+    return pool
 
 
 def message(full_name: str) -> Any:  # noqa: ANN401 - classes built at run time
