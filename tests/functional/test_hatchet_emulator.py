@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -49,14 +50,42 @@ async def start(hatchet: Hatchet, workflow: str, input_: dict[str, Any] | None =
     return ref.workflow_run_id
 
 
+async def start_watched(
+    hatchet: Hatchet,
+    emulator: HatchetEmulator,
+    workflow: str,
+    subscribe: Callable[[str], AsyncIterator[Any]],
+    input_: dict[str, Any] | None = None,
+) -> tuple[str, asyncio.Task[list[Any]]]:
+    """Start a run with every worker paused until ``subscribe(run_id)`` is attached:
+    events are live-only, and on a loaded machine the first ones (STARTED, a first
+    failure, a first chunk) could otherwise pass before the subscriber."""
+    workers = list(emulator.engine.workers)
+    for worker_id in workers:
+        emulator.engine.set_paused(worker_id, paused=True)
+    try:
+        run_id = await start(hatchet, workflow, input_)
+        subscriber = asyncio.create_task(collect(subscribe(run_id)))
+        while emulator.engine.subscription_count(run_id) == 0:  # noqa: ASYNC110 - the engine has no event for it
+            await asyncio.sleep(0.01)
+    finally:
+        for worker_id in workers:
+            emulator.engine.set_paused(worker_id, paused=False)
+    return run_id, subscriber
+
+
 async def result_of(hatchet: Hatchet, run_id: str) -> Any:
     """The run's result keyed by task name, as the SDK returns it for any run id."""
     return await hatchet.runs.get_run_ref(run_id).aio_result()
 
 
-async def test_early_subscriber_receives_the_whole_text_in_order(hatchet: Hatchet) -> None:
-    run_id = await start(hatchet, "demo-stream", FAST_STREAM)
-    received = [chunk async for chunk in hatchet.runs.subscribe_to_stream(run_id)]
+async def test_early_subscriber_receives_the_whole_text_in_order(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    _, subscriber = await start_watched(
+        hatchet, emulator, "demo-stream", hatchet.runs.subscribe_to_stream, FAST_STREAM
+    )
+    received = await asyncio.wait_for(subscriber, 60)
 
     assert received == list(chunks(ANNA_KARENINA, 10))
     assert "".join(received) == ANNA_KARENINA
@@ -65,19 +94,9 @@ async def test_early_subscriber_receives_the_whole_text_in_order(hatchet: Hatche
 async def test_events_carry_indexes_and_end_with_a_run_hangup(
     hatchet: Hatchet, raw_events: RawEvents, emulator: HatchetEmulator
 ) -> None:
-    # Workers paused until the subscription is open: events are live-only, and on a
-    # slow machine STARTED could otherwise come before the subscriber attached.
-    workers = list(emulator.engine.workers)
-    for worker_id in workers:
-        emulator.engine.set_paused(worker_id, paused=True)
-    try:
-        run_id = await start(hatchet, "demo-stream", FAST_STREAM)
-        subscriber = asyncio.create_task(collect(raw_events.subscribe(run_id)))
-        while emulator.engine.subscription_count(run_id) == 0:  # noqa: ASYNC110 - the engine has no event for it
-            await asyncio.sleep(0.01)
-    finally:
-        for worker_id in workers:
-            emulator.engine.set_paused(worker_id, paused=False)
+    run_id, subscriber = await start_watched(
+        hatchet, emulator, "demo-stream", raw_events.subscribe, FAST_STREAM
+    )
     events = await asyncio.wait_for(subscriber, 60)
 
     kinds = [describe(e) for e in events]
@@ -211,10 +230,10 @@ async def test_child_runs_are_spawned_and_awaited(
 
 
 async def test_failed_attempts_are_retried_until_one_succeeds(
-    hatchet: Hatchet, raw_events: RawEvents
+    hatchet: Hatchet, raw_events: RawEvents, emulator: HatchetEmulator
 ) -> None:
-    run_id = await start(hatchet, "t-retry")
-    events = await collect(raw_events.subscribe(run_id))
+    run_id, subscriber = await start_watched(hatchet, emulator, "t-retry", raw_events.subscribe)
+    events = await asyncio.wait_for(subscriber, 60)
 
     failures = [e for e in events if describe(e) == ("STEP_RUN", "FAILED", False)]
     assert [e.retry_count for e in failures] == [0, 1]
@@ -223,10 +242,10 @@ async def test_failed_attempts_are_retried_until_one_succeeds(
 
 
 async def test_non_retryable_failure_is_not_retried(
-    hatchet: Hatchet, raw_events: RawEvents
+    hatchet: Hatchet, raw_events: RawEvents, emulator: HatchetEmulator
 ) -> None:
-    run_id = await start(hatchet, "t-non-retryable")
-    events = await collect(raw_events.subscribe(run_id))
+    _, subscriber = await start_watched(hatchet, emulator, "t-non-retryable", raw_events.subscribe)
+    events = await asyncio.wait_for(subscriber, 60)
 
     assert [describe(e) for e in events if describe(e)[1] == "FAILED"] == [
         ("STEP_RUN", "FAILED", False),
@@ -234,9 +253,11 @@ async def test_non_retryable_failure_is_not_retried(
     ]
 
 
-async def test_sync_tasks_stream_too(hatchet: Hatchet) -> None:
-    run_id = await start(hatchet, "t-sync-stream")
-    received = [chunk async for chunk in hatchet.runs.subscribe_to_stream(run_id)]
+async def test_sync_tasks_stream_too(hatchet: Hatchet, emulator: HatchetEmulator) -> None:
+    _, subscriber = await start_watched(
+        hatchet, emulator, "t-sync-stream", hatchet.runs.subscribe_to_stream
+    )
+    received = await asyncio.wait_for(subscriber, 60)
     assert received == [f"sync {n}" for n in range(20)]
 
 
