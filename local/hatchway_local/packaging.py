@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -143,5 +144,20 @@ def distributions(layer: Path) -> dict[str, str]:
     found = {}
     for info in layer.glob("*.dist-info"):
         name, _, version = info.name.removesuffix(".dist-info").partition("-")
-        found[name.lower().replace("_", "-").replace(".", "-")] = version
+        found[normalize(name)] = version
+    return found
+
+
+def normalize(name: str) -> str:
+    """A distribution's name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """``{normalized name: version}`` of the ``name==version`` lines of a pin file."""
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if match:
+            found[normalize(match.group(1))] = match.group(2)
     return found

@@ -5,7 +5,6 @@ but its code and layers on the path (no site-packages), as on Lambda."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from hatchway_local.packaging import (
     distributions,
     function_environment,
     import_function,
+    read_pins,
 )
 from tests.conftest import REPO_ROOT
 
@@ -33,17 +33,8 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: build_layer(BUILD, name, root / name) for name in ("core", "trigger")}
 
 
-def lock() -> dict[str, str]:
-    found = {}
-    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
-        if match:
-            found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
-    return found
-
-
 def test_every_package_in_a_layer_is_the_version_the_tests_ran(layers: dict[str, Path]) -> None:
-    pinned = lock()
+    pinned = read_pins(REPO_ROOT / "constraints.txt")
     for layer in layers.values():
         held = distributions(layer)
         assert held

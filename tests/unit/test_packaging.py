@@ -19,6 +19,8 @@ from hatchway_local.packaging import (
     WEBSOCKET_FUNCTIONS,
     function_environment,
     import_function,
+    normalize,
+    read_pins,
 )
 from tests.conftest import REPO_ROOT
 
@@ -27,15 +29,6 @@ RUNTIME = REPO_ROOT / "layers" / "core"
 
 def loaded(modules: list[str], name: str) -> bool:
     return any(module == name or module.startswith(name + ".") for module in modules)
-
-
-def pins(text: str) -> dict[str, str]:
-    found = {}
-    for line in text.splitlines():
-        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
-        if match:
-            found[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
-    return found
 
 
 def lock_layers() -> ModuleType:
@@ -95,9 +88,9 @@ def test_the_layers_requirements_are_generated_from_the_lock() -> None:
 
 
 def test_every_layer_pin_equals_the_lock_and_no_package_is_in_two_layers() -> None:
-    lock = pins((REPO_ROOT / "constraints.txt").read_text())
-    core = pins((RUNTIME / "requirements.txt").read_text())
-    trigger = pins((RUNTIME / "requirements-trigger.txt").read_text())
+    lock = read_pins(REPO_ROOT / "constraints.txt")
+    core = read_pins(RUNTIME / "requirements.txt")
+    trigger = read_pins(RUNTIME / "requirements-trigger.txt")
     assert core
     assert trigger
     assert {name: lock.get(name) for name in core | trigger} == core | trigger
@@ -108,10 +101,10 @@ def test_every_layer_pin_equals_the_lock_and_no_package_is_in_two_layers() -> No
 
 def test_the_layer_closure_covers_what_the_runtime_declares() -> None:
     module = lock_layers()
-    core = set(pins((RUNTIME / "requirements.txt").read_text()))
-    trigger = set(pins((RUNTIME / "requirements-trigger.txt").read_text()))
+    core = set(read_pins(RUNTIME / "requirements.txt"))
+    trigger = set(read_pins(RUNTIME / "requirements-trigger.txt"))
     declared = {re.split(r"[<>=!~ \[]", dep)[0].lower() for dep in module.runtime_requirements()}
-    assert {re.sub(r"[-_.]+", "-", d) for d in declared} <= core
+    assert {normalize(d) for d in declared} <= core
     assert {"fastapi", "mangum", "grpcio", "protobuf"} <= trigger
 
 
