@@ -150,10 +150,16 @@ class LocalStack:
                 raise TimeoutError("the demo worker did not register")
             await asyncio.sleep(0.05)
 
-    def start_relay(self, relay_id: str) -> subprocess.Popen[bytes]:
+    def start_relay(
+        self, relay_id: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``env``: more variables for this relay (e.g. an endpoint through a proxy)."""
         # The runtime's own entry point, as the relay image runs it (hatchway-relay).
         process = self._spawn(
-            relay_id, [], self.relay_environment(relay_id), module="hatchway.relay.main"
+            relay_id,
+            [],
+            {**self.relay_environment(relay_id), **(env or {})},
+            module="hatchway.relay.main",
         )
         self.relay_processes[relay_id] = process
         return process

@@ -16,6 +16,7 @@ import boto3
 import pytest
 import pytest_asyncio
 
+from hatchway_local.aws_proxy import DYNAMODB_WRITES, AwsProxy
 from hatchway_local.demo.workflows import ANNA_KARENINA
 from hatchway_local.stack import LocalStack
 from tests.conftest import REPO_ROOT
@@ -388,3 +389,43 @@ async def test_a_run_delivered_again_by_sqs_keeps_a_single_writer(
     sequence = check_delivery(client.frames, run_id, duplicates_allowed=False)
     assert text_of(sequence) == ANNA_KARENINA
     assert assert_single_writer_at_a_time(stack, run_id) == [owner]
+
+
+# -- 8. a frame log that fails writes ------------------------------------------------
+
+
+async def test_a_store_that_fails_writes_loses_nothing(api: Api, stack: LocalStack) -> None:
+    """One relay whose DynamoDB fails 1 in 5 writes (some of them after they were
+    applied, as a timeout after the commit), then refuses the final flush ten times
+    in a row: more than botocore's own retries. Every frame and the final status
+    still arrive, with no gap, and the log holds each seq once."""
+    assert stack.aws is not None
+    async with AwsProxy(stack.aws.endpoint_url) as proxy:
+        for relay_id in list(stack.relay_processes):  # only the faulty relay takes runs
+            await stack.stop_relay(relay_id)
+        proxy.fail_every(5, DYNAMODB_WRITES, landed_every=3)
+        proxy.fail_burst(10, "TransactWriteItems", when=rb"\"final\":true")
+        faulty = next_relay_id()
+        stack.start_relay(faulty, env={"AWS_ENDPOINT_URL": proxy.url})
+        try:
+            await proxy.wait_for("ReceiveMessage")  # it polls the queue: it is up
+            run, client = await watch(api)
+            try:
+                await until_final(client, run["runId"])
+            finally:
+                await client.close()
+        finally:
+            await stack.stop_relay(faulty)
+            for _ in range(2):
+                stack.start_relay(next_relay_id())
+
+    run_id = run["runId"]
+    sequence = check_delivery(client.frames, run_id, gaps=0)
+    assert text_of(sequence) == ANNA_KARENINA
+    assert sequence[-1]["status"] == "COMPLETED"
+    assert assert_single_writer_at_a_time(stack, run_id) == [faulty]
+    assert run_meta(stack, run_id)["status"] == "COMPLETED"
+    # The faults did happen: writes failed, some after landing, and the final burst.
+    assert proxy.failures["TransactWriteItems"] >= 10
+    assert sum(proxy.landed.values()) >= 1
+    assert proxy.burst_left() == 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 
 class DeliveryError(Exception):
@@ -20,6 +20,10 @@ class StaleConnectionError(DeliveryError):
 
 class ThrottledError(DeliveryError):
     """429: the account's throttle or the client's buffer is full. Back off, then retry."""
+
+
+class UnavailableError(DeliveryError):
+    """5xx, or the endpoint could not be reached: the post may be retried as it is."""
 
 
 class PayloadTooLargeError(DeliveryError):
@@ -52,8 +56,10 @@ class Connections:
             )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             kind = _ERRORS.get(code) or {410: StaleConnectionError, 429: ThrottledError}.get(
-                status or 0, DeliveryError
+                status, UnavailableError if status >= 500 else DeliveryError
             )
             raise kind(f"{connection_id}: {code or status}") from error
+        except BotoCoreError as error:  # no answer at all (connection refused, timeout)
+            raise UnavailableError(f"{connection_id}: {error}") from error

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from .protocol import FINAL_STATUSES, Frame, is_final
@@ -102,9 +103,17 @@ class Subscription:
         )
 
 
+_CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"})
+
+
 class Store:
     def __init__(self, table_name: str, retention_s: int = 86400, resource: Any = None) -> None:  # noqa: ANN401
-        self._table = (resource or boto3.resource("dynamodb")).Table(table_name)
+        # botocore's legacy DynamoDB policy retries 10 times over ~25 s, unseen: a few
+        # quick tries here, and the callers that must not lose a write retry themselves
+        # (the relay's log appends, with backoff and a bound).
+        self._table = (resource or boto3.resource("dynamodb", config=_CLIENT_CONFIG)).Table(
+            table_name
+        )
         # The resource's client serializes Python values itself (boto3's transformation
         # hooks), so transactions take plain values like the Table methods do.
         self._client = self._table.meta.client

@@ -16,7 +16,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from hatchway.connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
+from hatchway.connections import (
+    Connections,
+    DeliveryError,
+    StaleConnectionError,
+    ThrottledError,
+    UnavailableError,
+)
 from hatchway.observability import logger
 from hatchway.payloads import PayloadError, Payloads, has_references
 from hatchway.protocol import Frame, pack_messages
@@ -35,9 +41,10 @@ class DeliveryStats:
     throttled: int = 0
     gone: int = 0
     failed: int = 0
+    unavailable: int = 0  # 5xx or no answer, retried
 
     def add(self, other: DeliveryStats) -> None:
-        for name in ("posts", "frames", "bytes", "throttled", "gone", "failed"):
+        for name in ("posts", "frames", "bytes", "throttled", "gone", "failed", "unavailable"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -143,14 +150,19 @@ class ConnectionSender:
                 self.stats.gone += 1
                 await self._gone()
                 return False
-            except ThrottledError:
-                self.stats.throttled += 1
+            except (ThrottledError, UnavailableError) as error:  # retried as it is: in order
+                if isinstance(error, ThrottledError):
+                    self.stats.throttled += 1
+                else:
+                    self.stats.unavailable += 1
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
                 attempt += 1
                 waited += delay
                 if waited > GIVE_UP_AFTER_S:
                     logger.warning(
-                        "connection throttled too long", connection_id=self.connection_id
+                        "connection throttled or unreachable too long",
+                        connection_id=self.connection_id,
+                        error=str(error),
                     )
                     await self._gone()
                     return False

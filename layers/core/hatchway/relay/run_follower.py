@@ -303,17 +303,23 @@ class RunFollower:
         botocore's retries, a timeout) with capped, jittered backoff, for up to
         ``log_retry_s``; then LogUnavailableError. Only a lost lease stops it at once.
 
-        A failed request may still have been applied: a retry that is then refused
-        by the fence checks the run's record, and a write already there is done."""
+        A failed request may still have been applied (answered 500 after it
+        committed, by us or by botocore's own retries, which we cannot see): a write
+        refused by the fence checks the run's record first, and one already there is done."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._log_retry_s
         attempt = 0
         while True:
             try:
-                await self._io(self._store.append_frames, self.run_id, batch, self.owner, indexes)
+                try:
+                    await self._io(
+                        self._store.append_frames, self.run_id, batch, self.owner, indexes
+                    )
+                except LeaseLostError:
+                    if await self._landed(batch):
+                        return
+                    raise
             except LeaseLostError:
-                if attempt and await self._landed(batch):
-                    return
                 raise
             except Exception as error:  # any store error but the fence is retried
                 attempt += 1

@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +88,11 @@ class Relay:
 
     async def run(self) -> None:
         logger.info("relay started", owner=self.owner)
-        receiving = asyncio.create_task(self._receive_loop())
+        receiving = asyncio.create_task(_supervised("receive", self._receive_loop))
         # Leases stay fresh and subscribers keep arriving while runs are handed over.
         keeping = [
-            asyncio.create_task(self._subscription_loop()),
-            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(_supervised("subscriptions", self._subscription_loop)),
+            asyncio.create_task(_supervised("heartbeat", self._heartbeat_loop)),
         ]
         await self._stopping.wait()
         started = time.monotonic()
@@ -182,7 +182,10 @@ class Relay:
                 await asyncio.sleep(1.0)
                 continue
             for message in messages:
-                await self._take(message)
+                try:
+                    await self._take(message)
+                except Exception as error:  # noqa: BLE001 - the message comes back by itself
+                    logger.warning("taking a run failed", run_id=message.run_id, error=str(error))
 
     async def _take(self, message: QueuedRun) -> None:
         held = self.runs.get(message.run_id)
@@ -289,18 +292,34 @@ class Relay:
         try:
             await follower.follow(events)
         except Exception:  # noqa: BLE001 - one run's failure must not stop the relay
-            logger.exception("following a run failed", run_id=follower.run_id)
+            logger.exception("following a run failed; handing it back", run_id=follower.run_id)
             with contextlib.suppress(Exception):
                 await follower.hand_over()
             held = self.runs.pop(follower.run_id, None)
             if held is not None:
-                await self._io(self._queue.release, held.message.receipt_handle)
+                # Released, never deleted: another relay (or a later try) ends the
+                # sequence. If even that fails, the message's visibility lapses by itself.
+                try:
+                    await self._io(self._queue.release, held.message.receipt_handle)
+                except Exception as error:  # noqa: BLE001
+                    logger.warning(
+                        "releasing the run's message failed; it returns when its visibility ends",
+                        run_id=follower.run_id,
+                        error=str(error),
+                    )
             return
         held = self.runs.pop(follower.run_id, None)
         if held is None:
             return
         if follower.final and not follower.lease_lost:
-            await self._io(self._queue.delete, held.message.receipt_handle)
+            try:
+                await self._io(self._queue.delete, held.message.receipt_handle)
+            except Exception as error:  # noqa: BLE001 - it comes back; the run is final: deleted then
+                logger.warning(
+                    "deleting a finished run's message failed",
+                    run_id=follower.run_id,
+                    error=str(error),
+                )
             logger.info(
                 "run finished",
                 run_id=follower.run_id,
@@ -387,6 +406,25 @@ class Relay:
         with contextlib.suppress(Exception):
             await self._io(self._store.drop_connection, connection_id)
         logger.info("connection gone", connection_id=connection_id)
+
+
+SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run one of the relay's background loops; if it ever raises, log it and start
+    it again (with backoff): a loop that died unseen would stop the relay taking runs,
+    keeping leases or finding subscribers while it looked alive."""
+    failures = 0
+    while True:
+        try:
+            await loop()
+        except Exception:  # noqa: BLE001 - logged and restarted, never lost
+            logger.exception("relay loop failed; restarting it", loop=name, failures=failures)
+            await asyncio.sleep(SUPERVISOR_BACKOFF_S[min(failures, len(SUPERVISOR_BACKOFF_S) - 1)])
+            failures += 1
+        else:
+            return
 
 
 async def _pump(
