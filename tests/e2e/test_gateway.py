@@ -148,3 +148,37 @@ async def test_http_api_errors_have_the_protocol_shape(api: Api) -> None:
     assert status == 200
     assert set(body) == {"runId", "workflow", "status", "lastSeq", "createdAt", "updatedAt"}
     assert (await api.request("GET", "/healthz"))[0] == 200
+
+
+async def test_after_unsubscribed_no_frame_of_that_run_arrives(api: Api) -> None:
+    """The relay drops the subscriber at once and says ``unsubscribed`` itself, after
+    the frames it had sent: nothing of the run follows, while another client on the
+    same run goes on to the end."""
+    run = await api.start(
+        "demo-stream", {"start_delay_seconds": 1.0, "pause_seconds": 0.03, "chunk_size": 5}
+    )
+    leaving = await Client.open(run["websocketUrl"], run["token"])
+    staying = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await leaving.subscribe(run)
+        await staying.subscribe(run)
+        while sum(1 for f in leaving.frames if f.get("type") == "chunk") < 3:
+            await asyncio.wait_for(leaving.next_frame(), 30)
+        await leaving.send({"action": "unsubscribe", "runId": run["runId"]})
+        while not any(f.get("type") == "unsubscribed" for f in leaving.frames):
+            await asyncio.wait_for(leaving.next_frame(), 30)
+        whole = await asyncio.wait_for(staying.until_final(run["runId"]), 60)
+        # Whatever the relay still had for the leaving client would have come by now.
+        await leaving.send({"action": "ping"})
+        while not any(f.get("type") == "pong" for f in leaving.frames):
+            await asyncio.wait_for(leaving.next_frame(), 30)
+    finally:
+        await asyncio.gather(leaving.close(), staying.close())
+
+    assert_complete(whole)
+    at = next(i for i, f in enumerate(leaving.frames) if f["type"] == "unsubscribed")
+    after = [f for f in leaving.frames[at + 1 :] if f.get("runId") == run["runId"]]
+    assert after == [], f"{len(after)} frame(s) of the run after unsubscribed"
+    before = [f for f in leaving.frames[:at] if "seq" in f]
+    assert [f["seq"] for f in before] == list(range(1, len(before) + 1))
+    assert len(before) < len(whole)  # it left mid-stream

@@ -24,6 +24,7 @@ from .protocol import FINAL_STATUSES, Frame, is_final
 
 SEQ_DIGITS = 10
 CONNECTION_TTL_S = 2 * 3600  # API Gateway closes every connection after two hours
+TOMBSTONE_TTL_S = 3600  # an unsubscribe no relay acted on (it died meanwhile) expires
 
 
 def _run_pk(run_id: str) -> str:
@@ -91,6 +92,7 @@ class Subscription:
     after: int
     token_expires_at: int  # epoch seconds
     created_at: int  # epoch ms
+    removed: bool = False  # unsubscribed: the relay that holds the run is to drop it
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Subscription:
@@ -100,6 +102,7 @@ class Subscription:
             after=_int(item.get("after")),
             token_expires_at=_int(item.get("tokenExpiresAt")),
             created_at=_int(item.get("createdAt")),
+            removed=bool(item.get("removed")),
         )
 
 
@@ -408,6 +411,45 @@ class Store:
                 ConditionExpression="attribute_exists(pk) AND #after < :after",
                 ExpressionAttributeNames={"#after": "after"},
                 ExpressionAttributeValues={":after": after},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def remove_subscription(self, run_id: str, connection_id: str, owner: str) -> bool:
+        """Unsubscribe from a run that ``owner`` (a relay) holds: the item becomes a
+        tombstone that the relay's poll by owner finds, as it finds new ones; the
+        relay drops the subscriber, says ``unsubscribed`` after the frames it sent,
+        then deletes the tombstone (``forget_subscription``). False if none existed."""
+        now = self._now_ms()
+        try:
+            self._table.update_item(
+                Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+                UpdateExpression=(
+                    "SET removed = :true, #owner = :owner, gsi2sk = :sk, expiresAt = :expires"
+                ),
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":true": True,
+                    ":owner": owner,
+                    ":sk": f"{now:015d}#{run_id}#{connection_id}",
+                    ":expires": int(time.time()) + TOMBSTONE_TTL_S,
+                },
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def forget_subscription(self, run_id: str, connection_id: str) -> None:
+        """Delete an unsubscribed tombstone (never a subscription made again since)."""
+        try:
+            self._table.delete_item(
+                Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+                ConditionExpression="removed = :true",
+                ExpressionAttributeValues={":true": True},
             )
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":

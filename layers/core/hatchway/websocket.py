@@ -107,8 +107,7 @@ class WebSocketApi:
             if isinstance(request, SubscribeMessage):
                 self._subscribe(connection_id, request)
             elif isinstance(request, UnsubscribeMessage):
-                self.store.delete_subscription(request.run_id, connection_id)
-                self._post(connection_id, [unsubscribed_frame(request.run_id)])
+                self._unsubscribe(connection_id, request.run_id)
             else:
                 self._post(connection_id, [pong_frame()])
         except ProtocolError as error:
@@ -153,6 +152,17 @@ class WebSocketApi:
             self.store.delete_subscription(run.run_id, connection_id)
         elif (holder := _lease_holder(now)) and holder != owner:
             self.store.set_subscription_owner(run.run_id, connection_id, holder)
+
+    def _unsubscribe(self, connection_id: str, run_id: str) -> None:
+        """A live run's relay must stop at once: it is told through the table (a
+        tombstone its poll finds) and answers ``unsubscribed`` itself, after the
+        frames it had sent, so none follows. Otherwise the answer is ours, now."""
+        run = self.store.get_run(run_id)
+        holder = _lease_holder(run) if run is not None and not run.final else None
+        if holder is not None and self.store.remove_subscription(run_id, connection_id, holder):
+            return
+        self.store.delete_subscription(run_id, connection_id)
+        self._post(connection_id, [unsubscribed_frame(run_id)])
 
     def _replay(self, connection_id: str, run_id: str, after: int) -> None:
         while True:

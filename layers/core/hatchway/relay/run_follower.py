@@ -30,7 +30,14 @@ from hatchway.payloads import (
     offload_frames,
     stream_frame,
 )
-from hatchway.protocol import FINAL_STATUSES, Frame, chunk_frame, gap_frame, status_frame
+from hatchway.protocol import (
+    FINAL_STATUSES,
+    Frame,
+    chunk_frame,
+    gap_frame,
+    status_frame,
+    unsubscribed_frame,
+)
 from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
 
 from .fanout import ConnectionSender
@@ -121,7 +128,10 @@ class RunFollower:
 
     async def _follow(self, events: AsyncIterator[HatchetEvent] | None) -> None:
         for subscription in await self._io(self._store.subscriptions_of_run, self.run_id):
-            await self.add_subscriber(subscription)
+            if subscription.removed:  # unsubscribed while no relay held the run
+                await self.unsubscribe(subscription.connection_id)
+            else:
+                await self.add_subscriber(subscription)
         attempt = 0
         while not self.final and not self.lease_lost:
             saw_events = False
@@ -374,6 +384,16 @@ class RunFollower:
 
     def remove_subscriber(self, connection_id: str) -> None:
         self.subscribers.pop(connection_id, None)
+
+    async def unsubscribe(self, connection_id: str) -> None:
+        """The client unsubscribed: no frame of this run goes to it from now on, and
+        ``unsubscribed`` follows what its sender holds already. Then the tombstone goes."""
+        self.subscribers.pop(connection_id, None)
+        self._sender_for(connection_id).send([unsubscribed_frame(self.run_id)])
+        try:
+            await self._io(self._store.forget_subscription, self.run_id, connection_id)
+        except Exception as error:  # noqa: BLE001 - it expires by itself (TTL)
+            logger.warning("could not delete a tombstone", run_id=self.run_id, error=str(error))
 
     async def transfer(self, successor: str, lease_s: float, drain_s: float) -> bool:
         """Hand the run to a successor already subscribed to its Hatchet events: stop

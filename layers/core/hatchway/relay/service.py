@@ -78,7 +78,7 @@ class Relay:
         self.delivered = DeliveryStats()
         self._stopping = asyncio.Event()
         self._successors: dict[str, asyncio.Task[None]] = {}
-        self._seen: dict[tuple[str, str, int], float] = {}
+        self._seen: dict[tuple[str, str, int, bool], float] = {}
         self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
 
     async def _io(self, function: Any, *args: Any) -> Any:  # noqa: ANN401
@@ -372,12 +372,21 @@ class Relay:
                 continue
             now = time.monotonic()
             for subscription in found:
-                key = (subscription.run_id, subscription.connection_id, subscription.created_at)
+                key = (
+                    subscription.run_id,
+                    subscription.connection_id,
+                    subscription.created_at,
+                    subscription.removed,
+                )
                 if key in self._seen:
                     continue
                 self._seen[key] = now
                 held = self.runs.get(subscription.run_id)
-                if held is not None:
+                if held is None:
+                    continue
+                if subscription.removed:
+                    await held.follower.unsubscribe(subscription.connection_id)
+                else:
                     await held.follower.add_subscriber(subscription)
             self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
             self._seen = {k: t for k, t in self._seen.items() if now - t < 60}
