@@ -336,3 +336,33 @@ async def test_a_timed_flush_that_fails_stops_the_follower_instead_of_dying_unse
     with pytest.raises(LogUnavailableError):
         await asyncio.wait_for(run.follow(), 30)  # not the 30 s of an endless stream
     assert store.log == []
+
+
+# -- run tokens expire: the relay stops streaming (issue: hardening, item 6) ----------
+
+
+async def test_a_subscriber_whose_token_expired_gets_unauthorized_and_nothing_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1_000.0]
+    monkeypatch.setattr(run_follower_module.time, "time", lambda: clock[0])
+    store = FakeStore()
+    hatchet = FakeHatchet([[]])
+    run, sender = follower(hatchet, store, status="RUNNING")
+    await run.add_subscriber(
+        Subscription("r1", "c1", after=0, token_expires_at=1_010, created_at=0)
+    )
+    run._on_event(event("STREAM", payload="a", index=0))
+    await run.flush()
+    clock[0] = 1_010.0  # the token's expiry
+    run._on_event(event("STREAM", payload="b", index=1))
+    run._on_event(event("COMPLETED", "WORKFLOW_RUN", "{}"))
+    await run.flush()
+
+    assert [f.get("data") for f in sender.sent if f["type"] == "chunk"] == ["a"]
+    assert sender.sent[-1]["type"] == "error"
+    assert sender.sent[-1]["code"] == "unauthorized"
+    assert sender.sent[-1]["runId"] == "r1"
+    assert "after=1" in sender.sent[-1]["message"]
+    assert "c1" not in run.subscribers
+    assert [f["seq"] for f in store.log] == [1, 2, 3]  # the log itself goes on

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from hatchway.payloads import (
 )
 from hatchway.protocol import (
     FINAL_STATUSES,
+    ErrorCode,
     Frame,
     chunk_frame,
+    error_frame,
     gap_frame,
     status_frame,
     unsubscribed_frame,
@@ -55,6 +58,7 @@ class LogUnavailableError(Exception):
 class Subscriber:
     connection_id: str
     cursor: int  # the highest seq handed to its sender
+    token_expires_at: int = 0  # epoch seconds; 0: not known (never expires here)
     live: bool = False  # False while its backlog is read from the log
     held: list[Frame] = field(default_factory=list)
 
@@ -305,7 +309,7 @@ class RunFollower:
                     raise
                 self.log_writes += 1
                 self.logged_seq = int(batch[-1]["seq"])
-                for subscriber in self.subscribers.values():
+                for subscriber in list(self.subscribers.values()):
                     self._deliver(subscriber, batch)
 
     async def _append(self, batch: list[Frame], indexes: dict[str, int] | None) -> None:
@@ -361,6 +365,9 @@ class RunFollower:
         if not subscriber.live:
             subscriber.held.extend(frames)
             return
+        if subscriber.token_expires_at and time.time() >= subscriber.token_expires_at:
+            self._expire(subscriber)
+            return
         fresh = [f for f in frames if int(f["seq"]) > subscriber.cursor]
         if fresh:
             subscriber.cursor = int(fresh[-1]["seq"])
@@ -370,7 +377,11 @@ class RunFollower:
 
     async def add_subscriber(self, subscription: Subscription) -> None:
         """Backlog from the log (seq > after), then live frames, with no gap or repeat."""
-        subscriber = Subscriber(subscription.connection_id, cursor=subscription.after)
+        subscriber = Subscriber(
+            subscription.connection_id,
+            cursor=subscription.after,
+            token_expires_at=subscription.token_expires_at,
+        )
         self.subscribers[subscription.connection_id] = subscriber
         if self.logged_seq > subscriber.cursor:
             backlog = await self._io(
@@ -381,6 +392,24 @@ class RunFollower:
         subscriber.live = True
         held, subscriber.held = subscriber.held, []
         self._deliver(subscriber, held)
+
+    def _expire(self, subscriber: Subscriber) -> None:
+        """Its run token expired: nothing more goes to it; it is told how to go on
+        (a fresh token from its backend, then subscribe with ``after``)."""
+        self.subscribers.pop(subscriber.connection_id, None)
+        self._sender_for(subscriber.connection_id).send(
+            [
+                error_frame(
+                    ErrorCode.UNAUTHORIZED,
+                    "the run token expired; subscribe again with a fresh token and"
+                    f" after={subscriber.cursor}",
+                    self.run_id,
+                )
+            ]
+        )
+        logger.info(
+            "subscriber's token expired", run_id=self.run_id, connection_id=subscriber.connection_id
+        )
 
     def remove_subscriber(self, connection_id: str) -> None:
         self.subscribers.pop(connection_id, None)
