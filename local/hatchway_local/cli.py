@@ -61,7 +61,7 @@ def hatchet_emulator(args: argparse.Namespace) -> int:
 async def _serve_gateway(gateway: ApiGatewayEmulator) -> None:
     stop = _stop_on_signals()
     async with gateway:
-        for name, value in gateway.settings().items():
+        for name, value in {**gateway.settings(), **gateway.control_settings()}.items():
             _say(f"{name}={value}")
         _say("ready")
         await stop.wait()
@@ -138,6 +138,11 @@ async def _run_dev(args: argparse.Namespace) -> None:
         _say("Hatchway local stack")
         _say(f"  HTTP API:       {stack.gateway.http_url}  (POST /runs, GET /runs/{{id}}, /frames)")
         _say(f"  WebSocket API:  {stack.gateway.websocket_url}")
+        control = stack.gateway.control_settings()
+        _say(
+            f"  gateway faults: {control['APIGW_EMULATOR_CONTROL_URL']}"
+            f"  (Authorization: Bearer {control['APIGW_EMULATOR_TOKEN']})"
+        )
         _say(f"  Hatchet:        {hatchet}")
         _say(f"  AWS (moto):     {stack.aws.endpoint_url}")
         _say(f"  relays:         {', '.join(stack.relay_processes)}")

@@ -133,6 +133,10 @@ class LocalStack:
             http_port=self.http_port,
             extra_env=self.lambda_env(),
             idle_timeout_s=self.idle_timeout_s,
+            # @connections takes only what the stack gives its handlers and relays.
+            credentials={
+                LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]: LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+            },
         )
         await self.gateway.start()
         for number in range(self.relays):

@@ -8,6 +8,8 @@ import json
 import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,12 +42,30 @@ def echo_gateway() -> Iterator[dict[str, str]]:
         stop_process_group(process)
 
 
+def status_of(url: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 async def test_someone_elses_echo_service_works_unchanged(echo_gateway: dict[str, str]) -> None:
     assert echo_gateway["WEBSOCKET_URL"].endswith("/Prod")
 
     async with connect(echo_gateway["WEBSOCKET_URL"]) as client:
         await client.send(json.dumps({"action": "sendmessage", "data": "hello"}))
         assert await asyncio.wait_for(client.recv(), 20) == "echo: hello"
+
+    # The control API answers only with the token the emulator printed.
+    connections = echo_gateway["APIGW_EMULATOR_CONTROL_URL"] + "/connections"
+    assert await asyncio.to_thread(status_of, connections, None) == 401
+    assert await asyncio.to_thread(status_of, connections, "guessed") == 401
+    assert (
+        await asyncio.to_thread(status_of, connections, echo_gateway["APIGW_EMULATOR_TOKEN"]) == 200
+    )
 
     tls = ssl.create_default_context(cafile=echo_gateway["AWS_CA_BUNDLE"])
     async with connect(echo_gateway["WEBSOCKET_TLS_URL"], ssl=tls) as client:

@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from aws_lambda_powertools.utilities.data_classes import (
     APIGatewayProxyEventV2,
     APIGatewayWebSocketEvent,
 )
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -222,6 +226,184 @@ async def test_unsigned_callers_are_forbidden(gateway: ApiGatewayEmulator) -> No
         with pytest.raises(urllib.error.HTTPError) as forbidden:
             await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
         assert forbidden.value.code == 403
+    finally:
+        await client.close()
+
+
+def raw_management_call(
+    gateway: ApiGatewayEmulator, connection_id: str, headers: dict[str, str], data: bytes = b"x"
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        f"{gateway.management_url}/@connections/{urllib.parse.quote(connection_id, safe='')}",
+        data=data,
+        method="POST",
+        headers=headers,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, dict(response.headers), {}
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+
+
+async def test_forged_signatures_are_refused_and_real_ones_accepted(
+    gateway: ApiGatewayEmulator,
+) -> None:
+    client, connection_id = await connected(gateway)
+    host = urllib.parse.urlsplit(gateway.management_url).netloc
+    forged = {
+        "Host": host,
+        "X-Amz-Date": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "Authorization": (
+            f"AWS4-HMAC-SHA256 Credential=testing/{datetime.now(UTC):%Y%m%d}/us-east-1/"
+            f"execute-api/aws4_request, SignedHeaders=host;x-amz-date, Signature={'0' * 64}"
+        ),
+    }
+    try:
+        status, headers, body = await asyncio.to_thread(
+            raw_management_call, gateway, connection_id, forged
+        )
+        assert status == 403
+        assert headers["x-amzn-ErrorType"] == "InvalidSignatureException"
+        assert body["message"].startswith("The request signature we calculated does not match")
+        just_the_prefix = {"Authorization": "AWS4-HMAC-SHA256"}
+        assert (
+            await asyncio.to_thread(raw_management_call, gateway, connection_id, just_the_prefix)
+        )[0] == 403
+
+        for key, secret, service, error in (
+            ("testing", "not-the-secret", "execute-api", "InvalidSignatureException"),
+            ("AKIAUNKNOWN", "testing", "execute-api", "UnrecognizedClientException"),
+            ("testing", "testing", "s3", "InvalidSignatureException"),  # another service's scope
+        ):
+            request = AWSRequest(
+                method="POST",
+                url=f"{gateway.management_url}/@connections/{urllib.parse.quote(connection_id, safe='')}",
+                data=b"forged",
+            )
+            SigV4Auth(Credentials(key, secret), service, "us-east-1").add_auth(request)
+            signed = dict(request.headers.items())
+            status, headers, _ = await asyncio.to_thread(
+                raw_management_call, gateway, connection_id, signed, b"forged"
+            )
+            assert (status, headers["x-amzn-ErrorType"]) == (403, error), (key, secret, service)
+
+        # boto3 with the local credentials (as every handler and relay signs): accepted.
+        await asyncio.to_thread(
+            management(gateway).post_to_connection, ConnectionId=connection_id, Data=b"signed"
+        )
+        assert await asyncio.wait_for(client.recv(), 5) == "signed"  # and nothing forged before
+        with pytest.raises(ClientError) as wrong_secret:
+            await asyncio.to_thread(
+                boto3.client(
+                    "apigatewaymanagementapi",
+                    endpoint_url=gateway.management_url,
+                    region_name="us-east-1",
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="guessed",
+                ).post_to_connection,
+                ConnectionId=connection_id,
+                Data=b"x",
+            )
+        assert wrong_secret.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    finally:
+        await client.close()
+
+
+async def test_a_message_cannot_select_the_lifecycle_routes(gateway: ApiGatewayEmulator) -> None:
+    """Route selection only picks $connect and $disconnect for API Gateway itself: a
+    message whose action names them goes to $default."""
+    client, connection_id = await connected(gateway)
+
+    def lifecycle_calls() -> int:
+        return sum(
+            e["requestContext"]["connectionId"] == connection_id
+            for function in ("ConnectFunction", "DisconnectFunction")
+            for e in invocations_of(gateway, function)
+        )
+
+    try:
+        assert lifecycle_calls() == 1  # its own $connect
+        for action in ("$connect", "$disconnect"):
+            message = json.dumps({"action": action})
+            await client.send(message)
+            assert await asyncio.wait_for(client.recv(), 10) == f"hello, default: {message}"
+        assert lifecycle_calls() == 1
+        assert connection_id in gateway.connections
+    finally:
+        await client.close()
+
+
+async def test_a_binary_frame_closes_the_connection_with_1003(
+    gateway: ApiGatewayEmulator,
+) -> None:
+    client, connection_id = await connected(gateway)
+    await client.send(b"\x00\x01binary")
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(client.recv(), 10)
+    assert client.close_code == 1003
+    await wait_for(
+        lambda: any(
+            e["requestContext"]["connectionId"] == connection_id
+            and e["requestContext"]["disconnectStatusCode"] == 1003
+            for e in invocations_of(gateway, "DisconnectFunction")
+        )
+    )
+    assert not [
+        e
+        for e in invocations_of(gateway, "DefaultFunction")
+        if e["requestContext"]["connectionId"] == connection_id
+    ]
+
+
+def control(
+    gateway: ApiGatewayEmulator, method: str, path: str, token: str | None, body: object = None
+) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://{urllib.parse.urlsplit(gateway.management_url).netloc}/_emulator{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}"} if token is not None else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+async def test_the_control_api_wants_this_emulators_token(gateway: ApiGatewayEmulator) -> None:
+    client, connection_id = await connected(gateway)
+    quoted = urllib.parse.quote(connection_id, safe="")
+    try:
+        for token in (None, "", "guessed"):
+            for method, path, body in (
+                ("GET", "/connections", None),
+                ("POST", f"/connections/{quoted}/disconnect", {}),
+                ("POST", "/faults/throttle", {"share": 1.0}),
+            ):
+                status, _ = await asyncio.to_thread(control, gateway, method, path, token, body)
+                assert status == 401, (token, path)
+        assert connection_id in gateway.connections
+        assert gateway.faults.throttle_share == 0.0
+        near_miss = gateway.control_token[:-1]
+        assert (await asyncio.to_thread(control, gateway, "GET", "/connections", near_miss))[
+            0
+        ] == 401
+
+        status, listing = await asyncio.to_thread(
+            control, gateway, "GET", "/connections", gateway.control_token
+        )
+        assert status == 200
+        assert connection_id in listing["connections"]
+        assert gateway.control_settings() == {
+            "APIGW_EMULATOR_CONTROL_URL": f"http://127.0.0.1:{gateway.port}/_emulator",
+            "APIGW_EMULATOR_TOKEN": gateway.control_token,
+        }
+        assert "APIGW_EMULATOR_TOKEN" not in gateway.settings()  # what handlers get
+        # Each emulator has its own token.
+        async with ApiGatewayEmulator(TemplateReader(TEMPLATE).api()) as other:
+            assert other.control_token != gateway.control_token
     finally:
         await client.close()
 

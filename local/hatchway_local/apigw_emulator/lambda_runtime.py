@@ -24,6 +24,16 @@ from .template import FunctionSpec
 
 _STREAM_LIMIT = 16 * 1024 * 1024  # a response line may carry a large body
 
+# What a function's environment has unless the emulator's own or the caller's
+# environment says otherwise: boto3 needs credentials to sign, and the local
+# management API checks signatures against these (see ``sigv4``).
+LOCAL_DEFAULTS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
 
 class InvocationError(Exception):
     """The handler raised, or its environment failed to start."""
@@ -79,16 +89,10 @@ class LambdaFunction:
         path = [str(self.spec.code_uri), *(str(layer) for layer in self.spec.layers)]
         if os.environ.get("PYTHONPATH"):
             path.append(os.environ["PYTHONPATH"])
-        defaults = {  # boto3 needs some credentials to sign; local endpoints ignore them
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_REGION": "us-east-1",
-        }
         # The emulator's own values (its management API, its CA) beat the template's,
         # which name the deployed API Gateway.
         return {
-            **defaults,
+            **LOCAL_DEFAULTS,
             **os.environ,
             **self.spec.environment,
             **self._extra_env,

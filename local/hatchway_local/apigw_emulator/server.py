@@ -6,7 +6,15 @@ WebSocket side (``ws://127.0.0.1:<port>/<stage>``): the REQUEST authorizer and
 route selection expression with ``$default`` as fallback; ``$disconnect`` runs
 however a connection ends. The ``@connections`` management API is served at
 ``http://127.0.0.1:<port>/<stage>/@connections/<id>`` with API Gateway's
-semantics (410, 413, 403, one message per POST), which moto lacks.
+semantics (410, 413, 403, one message per POST), which moto lacks. Its callers
+must sign with SigV4 (``execute-api``) using credentials the emulator gives its
+processes (see ``sigv4``); a client message whose route key comes out as
+``$connect`` or ``$disconnect`` goes to ``$default``; a binary frame closes the
+connection with 1003, as on AWS.
+
+The fault-injection control API (``/_emulator/...`` on the WebSocket port) wants
+``Authorization: Bearer <control_token>``; the token is new for every emulator
+(``hatchway apigw-emulator`` prints it as ``APIGW_EMULATOR_TOKEN``).
 
 The same WebSocket API and management API are also served over TLS on
 ``tls_port`` with a certificate from a throwaway CA, and events carry that
@@ -26,11 +34,13 @@ import json
 import os
 import random
 import re
+import secrets
 import ssl
 import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -49,12 +59,39 @@ from .events import (
     websocket_disconnect_event,
     websocket_message_event,
 )
-from .lambda_runtime import InvocationError, InvocationTimeoutError, LambdaFunction
+from .lambda_runtime import LOCAL_DEFAULTS, InvocationError, InvocationTimeoutError, LambdaFunction
+from .sigv4 import SigV4Verifier
 from .template import ApiSpec, FunctionSpec, HttpRouteSpec
 
 HOST = "127.0.0.1"
 MAX_MESSAGE_BYTES = 128 * 1024  # API Gateway's WebSocket message limit, both directions
 MANAGEMENT_ENV = "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"
+CONTROL_PREFIX = "/_emulator"
+LIFECYCLE_ROUTES = frozenset({"$connect", "$disconnect"})  # never selected by a message
+UNSUPPORTED_DATA = 1003  # how API Gateway closes a connection that sent a binary frame
+
+
+def local_credentials(*environments: Mapping[str, str]) -> dict[str, str]:
+    """Access key id -> secret of what the emulator's processes sign with: the local
+    defaults, and any pair an environment that reaches them sets."""
+    accepted = {LOCAL_DEFAULTS["AWS_ACCESS_KEY_ID"]: LOCAL_DEFAULTS["AWS_SECRET_ACCESS_KEY"]}
+    for environment in environments:
+        key = environment.get("AWS_ACCESS_KEY_ID")
+        secret = environment.get("AWS_SECRET_ACCESS_KEY")
+        if key and secret:
+            accepted[key] = secret
+    return accepted
+
+
+def local_regions(*environments: Mapping[str, str]) -> set[str]:
+    regions = {LOCAL_DEFAULTS["AWS_REGION"]}
+    for environment in environments:
+        regions |= {
+            environment[name]
+            for name in ("AWS_REGION", "AWS_DEFAULT_REGION")
+            if environment.get(name)
+        }
+    return regions
 
 
 @dataclass
@@ -168,7 +205,11 @@ class ApiGatewayEmulator:
         max_connection_s: float = 7200.0,
         max_concurrency: int = 4,
         extra_env: dict[str, str] | None = None,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
+        """``credentials`` (access key id -> secret) are what ``@connections`` accepts;
+        by default the local ones, and those this process's environment and
+        ``extra_env`` give the handlers."""
         self.api = api
         self.port = port
         self.http_port = http_port
@@ -186,6 +227,11 @@ class ApiGatewayEmulator:
         self.faults = ManagementFaults()
         self._max_concurrency = max_concurrency
         self._extra_env = extra_env or {}
+        self._verifier = SigV4Verifier(
+            local_credentials(os.environ, self._extra_env) if credentials is None else credentials,
+            local_regions(os.environ, self._extra_env),
+        )
+        self.control_token = secrets.token_urlsafe(32)
         self._functions: dict[str, LambdaFunction] = {}
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -226,6 +272,16 @@ class ApiGatewayEmulator:
     def http_url(self) -> str:
         return f"http://{HOST}:{self.http_port}"
 
+    def control_settings(self) -> dict[str, str]:
+        """Where the fault-injection control API is, and the token it wants (kept out
+        of ``settings()``, which the handlers get)."""
+        if self.api.websocket is None:
+            return {}
+        return {
+            "APIGW_EMULATOR_CONTROL_URL": f"http://{HOST}:{self.port}{CONTROL_PREFIX}",
+            "APIGW_EMULATOR_TOKEN": self.control_token,
+        }
+
     def settings(self) -> dict[str, str]:
         settings = {}
         if self.api.websocket is not None:
@@ -241,7 +297,9 @@ class ApiGatewayEmulator:
 
     async def start(self) -> None:
         if self.api.websocket is not None:
-            app = web.Application(client_max_size=MAX_MESSAGE_BYTES * 2)
+            app = web.Application(
+                client_max_size=MAX_MESSAGE_BYTES * 2, middlewares=[self._control_auth]
+            )
             stage = self.api.websocket.stage
             app.add_routes(
                 [
@@ -416,7 +474,11 @@ class ApiGatewayEmulator:
         watchdog = self._spawn(self._watch(connection))
         try:
             async for message in socket:
-                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if message.type == WSMsgType.BINARY:
+                    # API Gateway takes no binary frames: it closes the connection.
+                    await self.disconnect(info.connection_id, UNSUPPORTED_DATA, "Unsupported data")
+                    break
+                if message.type == WSMsgType.TEXT:
                     connection.touch()
                     self._spawn(self._route(connection, message.data))
         finally:
@@ -440,6 +502,8 @@ class ApiGatewayEmulator:
         api = self.api.websocket
         assert api is not None  # noqa: S101 - only WebSocket connections get here
         key = _select_route_key(api.route_selection_expression, body)
+        if key in LIFECYCLE_ROUTES:  # only API Gateway itself selects these
+            key = None
         route = api.routes.get(key or "") or api.routes.get("$default")
         request_id = base64.b64encode(uuid.uuid4().bytes[:12]).decode()
         if route is None:
@@ -527,16 +591,22 @@ class ApiGatewayEmulator:
 
     # -- @connections management API ---------------------------------------------------
 
-    def _connection_or_gone(self, request: web.Request) -> Connection | web.Response:
-        if not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256"):
-            return _aws_error(403, "ForbiddenException", "Forbidden")
+    async def _connection_or_gone(self, request: web.Request) -> Connection | web.Response:
+        refusal = self._verifier.verify(
+            method=request.method,
+            url=f"{request.scheme}://{request.host}{request.raw_path}",
+            headers=request.headers,
+            body=await request.read(),
+        )
+        if refusal is not None:
+            return _aws_error(403, refusal.error_type, refusal.message)
         connection = self.connections.get(request.match_info["connection_id"])
         if connection is None or connection.closing is not None or connection.socket.closed:
             return _aws_error(410, "GoneException", "")
         return connection
 
     async def _post_to_connection(self, request: web.Request) -> web.Response:
-        found = self._connection_or_gone(request)
+        found = await self._connection_or_gone(request)
         if isinstance(found, web.Response):
             return found
         if self.faults.throttled() or time.monotonic() < found.throttled_until:
@@ -555,7 +625,7 @@ class ApiGatewayEmulator:
         return web.Response(status=200)
 
     async def _get_connection(self, request: web.Request) -> web.Response:
-        found = self._connection_or_gone(request)
+        found = await self._connection_or_gone(request)
         if isinstance(found, web.Response):
             return found
         return web.json_response(
@@ -567,7 +637,7 @@ class ApiGatewayEmulator:
         )
 
     async def _delete_connection(self, request: web.Request) -> web.Response:
-        found = self._connection_or_gone(request)
+        found = await self._connection_or_gone(request)
         if isinstance(found, web.Response):
             return found
         await self.disconnect(
@@ -576,6 +646,25 @@ class ApiGatewayEmulator:
         return web.Response(status=204)
 
     # -- fault injection ---------------------------------------------------------------
+
+    @web.middleware
+    async def _control_auth(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """The control API answers only callers with this emulator's token."""
+        if request.path == CONTROL_PREFIX or request.path.startswith(CONTROL_PREFIX + "/"):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(
+                token.encode(), self.control_token.encode()
+            ):
+                return web.json_response(
+                    {"message": "Unauthorized: send Authorization: Bearer <APIGW_EMULATOR_TOKEN>"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
 
     def throttle(
         self, share: float = 0.0, for_seconds: float = 0.0, connection_id: str | None = None
