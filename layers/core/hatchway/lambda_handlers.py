@@ -7,6 +7,7 @@ Powertools' ``APIGatewayWebSocketEvent`` and call the core (``websocket.py``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -55,9 +56,18 @@ def _message_handler(api: WebSocketApi) -> Handler:
     @logger.inject_lambda_context
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
         parsed = APIGatewayWebSocketEvent(event)
-        return api.message(parsed.request_context.connection_id, parsed.decoded_body)
+        return api.message(parsed.request_context.connection_id, _body_of(event))
 
     return handler
+
+
+def _body_of(event: dict[str, Any]) -> str | bytes | None:
+    """The message as sent: a binary one as bytes (it may not be UTF-8; the core
+    answers that), not through a decode that would raise here."""
+    body = event.get("body")
+    if body is not None and event.get("isBase64Encoded"):
+        return base64.b64decode(body)
+    return body
 
 
 def subscribe() -> Handler:

@@ -14,6 +14,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 MAX_MESSAGE_BYTES = 128 * 1024  # API Gateway's WebSocket message limit
+# A client message is small (the largest is a subscribe with its token): anything
+# bigger, deeper or longer is refused before it costs a table read.
+MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+MAX_CLIENT_DEPTH = 8
+MAX_TOKEN_CHARS = 4096
+MAX_SEQ = 10**10 - 1  # the frame log's sort keys hold ten digits (store.SEQ_DIGITS)
+MAX_ECHO_CHARS = 128  # a client's value quoted back in an error, at most
+MAX_ERROR_MESSAGE_CHARS = 1024
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 RUN_STATUSES = frozenset({"QUEUED", "RUNNING", *FINAL_STATUSES})
 
@@ -25,6 +33,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     UNKNOWN_WORKFLOW = "unknown_workflow"
     TOO_LARGE = "too_large"
     INVALID = "invalid"
@@ -38,6 +47,7 @@ HTTP_STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.UNKNOWN_WORKFLOW: 404,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.INVALID: 422,
@@ -66,8 +76,8 @@ class SubscribeMessage(BaseModel):
     model_config = _CLIENT
     action: Literal["subscribe"]
     run_id: str = Field(alias="runId", min_length=1, max_length=128)
-    token: str = Field(min_length=1, max_length=4096)
-    after: int = Field(default=0, ge=0)
+    token: str = Field(min_length=1)  # too long: unauthorized, not bad_request (below)
+    after: int = Field(default=0, ge=0, le=MAX_SEQ)
 
 
 class UnsubscribeMessage(BaseModel):
@@ -89,23 +99,76 @@ _CLIENT_MESSAGE: TypeAdapter[SubscribeMessage | UnsubscribeMessage | PingMessage
 )
 
 
-def parse_client_message(body: str | None) -> SubscribeMessage | UnsubscribeMessage | PingMessage:
-    """Validate a client message; every way it can be wrong is a ``bad_request``."""
+def _echo(value: Any) -> str:  # noqa: ANN401 - whatever the client sent
+    """A client's value for an error message: quoted, bounded, valid Unicode."""
+    text = repr(value)
+    if len(text) > MAX_ECHO_CHARS:
+        text = text[: MAX_ECHO_CHARS - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _run_id_of(data: dict[str, Any]) -> str | None:
+    """The runId to put on an error frame: only one that could be a run's."""
+    run_id = data.get("runId")
+    if isinstance(run_id, str) and 0 < len(run_id) <= 128:
+        return run_id
+    return None
+
+
+def _too_deep(value: Any, limit: int) -> bool:  # noqa: ANN401 - any JSON value
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_client_message(
+    body: str | bytes | None,
+) -> SubscribeMessage | UnsubscribeMessage | PingMessage:
+    """Validate a client message; every way it can be wrong is a ``bad_request``
+    (a token too long to be one is ``unauthorized``, a message too big ``too_large``).
+    ``bytes``: a binary message, which must still be UTF-8 JSON text."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "message is not UTF-8 text") from None
     if body is None or not body.strip():
         raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
     try:
+        size = len(body.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "message is not valid Unicode") from None
+    if size > MAX_CLIENT_MESSAGE_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"message over {MAX_CLIENT_MESSAGE_BYTES} bytes")
+    try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "message is not JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "message must be a JSON object")
+    if _too_deep(data, MAX_CLIENT_DEPTH):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"message nested over {MAX_CLIENT_DEPTH} deep")
+    try:  # "\ud800" is valid JSON but no text: it could be neither stored nor sent
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "message is not valid Unicode") from None
+    run_id = _run_id_of(data)
     action = data.get("action")
     if action not in ("subscribe", "unsubscribe", "ping"):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
-            f"unknown action {action!r}: use subscribe, unsubscribe or ping",
-            run_id=data.get("runId") if isinstance(data.get("runId"), str) else None,
+            f"unknown action {_echo(action)}: use subscribe, unsubscribe or ping",
+            run_id=run_id,
         )
+    token = data.get("token")
+    if action == "subscribe" and isinstance(token, str) and len(token) > MAX_TOKEN_CHARS:
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, "the token is not a run token", run_id=run_id)
     try:
         return _CLIENT_MESSAGE.validate_python(data)
     except ValidationError as error:
@@ -113,7 +176,6 @@ def parse_client_message(body: str | None) -> SubscribeMessage | UnsubscribeMess
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'message'}: {e['msg']}"
             for e in error.errors()
         )
-        run_id = data.get("runId") if isinstance(data.get("runId"), str) else None
         raise ProtocolError(ErrorCode.BAD_REQUEST, problems, run_id=run_id) from None
 
 
@@ -163,6 +225,8 @@ def pong_frame() -> Frame:
 
 
 def error_frame(code: ErrorCode, message: str, run_id: str | None = None) -> Frame:
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:  # always far under the message limit
+        message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
     frame: Frame = {"type": "error", "code": code.value, "message": message}
     if run_id is not None:
         frame["runId"] = run_id

@@ -101,7 +101,7 @@ class WebSocketApi:
 
     # -- messages ----------------------------------------------------------------------
 
-    def message(self, connection_id: str, body: str | None) -> dict[str, Any]:
+    def message(self, connection_id: str, body: str | bytes | None) -> dict[str, Any]:
         try:
             request = parse_client_message(body)
             if isinstance(request, SubscribeMessage):
