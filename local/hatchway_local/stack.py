@@ -77,7 +77,8 @@ class LocalStack:
         }
 
     def lambda_env(self) -> dict[str, str]:
-        return {**self._aws_env(), **self.hatchet_settings}
+        # OPENAPI_ENABLED: locally the trigger serves GET /openapi.json (off when deployed).
+        return {**self._aws_env(), **self.hatchet_settings, "OPENAPI_ENABLED": "true"}
 
     def relay_environment(self, relay_id: str) -> dict[str, str]:
         assert self.gateway is not None  # noqa: S101

@@ -167,6 +167,8 @@ class TriggerSettings(TableSettings, TokenKeySettings, PayloadSettings):
     token_ttl_seconds: int = Field(default=3600, ge=60, alias="TOKEN_TTL_SECONDS")
     allowed_workflows: str = Field(min_length=1, alias="ALLOWED_WORKFLOWS")
     websocket_url: str = Field(min_length=1, alias="WEBSOCKET_URL")
+    # Serve the API's OpenAPI document at GET /openapi.json (off: the route is a 404).
+    openapi_enabled: bool = Field(default=False, alias="OPENAPI_ENABLED")
     hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
     @property

@@ -1,18 +1,23 @@
 """The HTTP trigger API (FastAPI; Mangum adapts it to Lambda): start runs, read a
 run's status and its retained frames. Errors always have the protocol's shape
-``{"error": {"code", "message"}}``."""
+``{"error": {"code", "message"}}``, and the OpenAPI document (served only when
+``OPENAPI_ENABLED``) lists every status each operation can answer, no other."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Query, Request
+import grpc
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import wiring
 from .hatchet_adapter import HatchetTrigger, UnknownWorkflowError, UpstreamUnavailableError
@@ -27,19 +32,222 @@ from .tokens import RunTokens
 MAX_BODY_BYTES = 256 * 1024
 
 
+def _json_text(value: Any) -> Any:  # noqa: ANN401 - any JSON value
+    """``value`` if Hatchet can take it as UTF-8 JSON text; ValueError otherwise."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate is not)") from None
+    except ValueError:
+        raise ValueError("NaN and Infinity are not JSON numbers") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return value
+
+
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workflow: str = Field(min_length=1, max_length=256)
     input: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("workflow", "input", "metadata")
+    @classmethod
+    def _utf8_json(cls, value: Any) -> Any:  # noqa: ANN401 - any JSON value
+        return _json_text(value)
+
+
+# -- what the operations answer (the OpenAPI document is generated from these) -----------
+
+_OUT = ConfigDict(populate_by_name=True)
+
+
+class RunStarted(BaseModel):
+    model_config = _OUT
+    run_id: str = Field(alias="runId")
+    workflow: str
+    status: str
+    token: str
+    expires_at: str = Field(alias="expiresAt")
+    websocket_url: str = Field(alias="websocketUrl")
+
+
+class RunView(BaseModel):
+    model_config = _OUT
+    run_id: str = Field(alias="runId")
+    workflow: str
+    status: str
+    last_seq: int = Field(alias="lastSeq")
+    created_at: str = Field(alias="createdAt")
+    updated_at: str = Field(alias="updatedAt")
+
+
+class FramesPage(BaseModel):
+    frames: list[dict[str, Any]]
+    next: int
+    final: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error codes: per status, the error shape with
+    exactly the codes that status carries on this operation."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(HTTP_STATUS[code], []).append(code.value)
+    return {
+        status: {
+            "description": ", ".join(names),
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "title": f"Error{status}",
+                        "type": "object",
+                        "required": ["error"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "error": {
+                                "type": "object",
+                                "required": ["code", "message"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "code": {"type": "string", "enum": names},
+                                    "message": {"type": "string"},
+                                },
+                            }
+                        },
+                    }
+                }
+            },
+        }
+        for status, names in sorted(by_status.items())
+    }
+
+
+# Every operation: a Content-Length over the limit, and a failure of an adapter.
+_ANY = (ErrorCode.TOO_LARGE, ErrorCode.INTERNAL)
+_AUTH = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND)
+
+
+class _TriggerApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document without its 422 answers: validation errors are 400
+        ``bad_request`` here, documented per operation like every other error."""
+        schema = super().openapi()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def _printable(message: str) -> str:
+    """A message that encodes as UTF-8 whatever the request held (lone surrogates
+    in a rejected key or value are shown escaped)."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _error(code: ErrorCode, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, _printable(message)), status_code=HTTP_STATUS[code], headers=headers
+    )
+
+
+# Starlette's and FastAPI's own HTTP errors (no route, wrong method, unreadable body).
+_HTTP_ERROR_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.TOO_LARGE,
+}
+
+
+class _BodyTooLargeError(HTTPException):
+    """Raised from ``receive``: FastAPI passes HTTPExceptions on from reading a body."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
+class _Guard:
+    """Outermost of the app's own layers: a body over the limit is refused whether or
+    not it declares its length (chunked requests do not; under Mangum the body
+    arrives whole in one message), and an error nobody handled is a 500 in the
+    protocol's shape rather than Starlette's plain text."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _error(ErrorCode.TOO_LARGE, _BodyTooLargeError().detail)(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLargeError
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except _BodyTooLargeError as error:
+            if started:
+                raise
+            await _error(ErrorCode.TOO_LARGE, error.detail)(scope, receive, send)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error", path=scope.get("path"))
+            await _error(ErrorCode.INTERNAL, "internal error; try again")(scope, receive, send)
+
+
+def _hatchet_refused(workflow: str, error: UpstreamUnavailableError) -> ProtocolError:
+    """What a failed TriggerWorkflow means for the caller. Only a Hatchet that did not
+    answer (unreachable, timed out) is 502; an input it rejects is the caller's 400;
+    its rate and resource limits are 429; the rest (our token or namespace refused,
+    an engine fault) is this deployment's 500."""
+    cause = error.__cause__
+    code = cause.code() if isinstance(cause, grpc.aio.AioRpcError) else None
+    details = (cause.details() or "")[:500] if isinstance(cause, grpc.aio.AioRpcError) else ""
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return ProtocolError(ErrorCode.BAD_REQUEST, f"Hatchet refused the run: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        logger.warning("hatchet refused a run: limits", workflow=workflow, error=str(error))
+        return ProtocolError(ErrorCode.RATE_LIMITED, "Hatchet's limits are reached; try later")
+    if code in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        logger.warning("hatchet did not answer", workflow=workflow, error=str(error))
+        return ProtocolError(ErrorCode.UPSTREAM_UNAVAILABLE, "Hatchet did not answer")
+    logger.error("hatchet refused a run", workflow=workflow, error=str(error))
+    return ProtocolError(ErrorCode.INTERNAL, "Hatchet could not start the run")
+
+
+# -- the app ----------------------------------------------------------------------------
+
 
 def _iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _error(code: ErrorCode, message: str) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=HTTP_STATUS[code])
 
 
 def _run_view(run: RunRecord) -> dict[str, Any]:
@@ -53,6 +261,10 @@ def _run_view(run: RunRecord) -> dict[str, Any]:
     }
 
 
+RunId = Annotated[str, Path(alias="runId")]
+Authorization = Annotated[str | None, Header()]
+
+
 def create_app(
     *,
     store: Store,
@@ -62,8 +274,16 @@ def create_app(
     allowed_workflows: frozenset[str],
     websocket_url: str,
     payloads: Payloads,  # mints URLs for offloaded payloads as frames are read
+    openapi: bool = False,  # serve the OpenAPI document at /openapi.json
 ) -> FastAPI:
-    app = FastAPI(title="Hatchway", version="1", docs_url=None, redoc_url=None)
+    app = _TriggerApp(
+        title="Hatchway",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if openapi else None,
+    )
+    app.add_middleware(_Guard)
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
@@ -84,15 +304,8 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        code = ErrorCode.NOT_FOUND if error.status_code in (404, 405) else ErrorCode.BAD_REQUEST
-        return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:  # noqa: ANN401
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(ErrorCode.TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+        code = _HTTP_ERROR_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
+        return _error(code, str(error.detail), headers=error.headers)
 
     def authorize(run_id: str, authorization: str | None) -> None:
         scheme, _, token = (authorization or "").partition(" ")
@@ -108,7 +321,18 @@ def create_app(
             raise ProtocolError(ErrorCode.NOT_FOUND, f"run {run_id} not found")
         return run
 
-    @app.post("/runs", status_code=201)
+    @app.post(
+        "/runs",
+        status_code=201,
+        response_model=RunStarted,
+        responses=_errors(
+            ErrorCode.BAD_REQUEST,
+            ErrorCode.UNKNOWN_WORKFLOW,
+            ErrorCode.RATE_LIMITED,
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            *_ANY,
+        ),
+    )
     async def start_run(request: RunRequest) -> dict[str, Any]:
         if request.workflow not in allowed_workflows:
             raise ProtocolError(
@@ -121,8 +345,7 @@ def create_app(
                 ErrorCode.UNKNOWN_WORKFLOW, f"Hatchet has no workflow {request.workflow!r}"
             ) from None
         except UpstreamUnavailableError as error:
-            logger.warning("hatchet did not answer", error=str(error))
-            raise ProtocolError(ErrorCode.UPSTREAM_UNAVAILABLE, "Hatchet did not answer") from None
+            raise _hatchet_refused(request.workflow, error) from None
         run = await asyncio.to_thread(store.create_run, run_id, request.workflow)
         await asyncio.to_thread(queue.enqueue, run_id)
         token = tokens.mint(run_id)
@@ -136,17 +359,19 @@ def create_app(
             "websocketUrl": websocket_url,
         }
 
-    @app.get("/runs/{run_id}")
-    async def get_run(
-        run_id: str, authorization: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
+    @app.get("/runs/{runId}", response_model=RunView, responses=_errors(*_AUTH, *_ANY))
+    async def get_run(run_id: RunId, authorization: Authorization = None) -> dict[str, Any]:
         authorize(run_id, authorization)
         return _run_view(await existing_run(run_id))
 
-    @app.get("/runs/{run_id}/frames")
+    @app.get(
+        "/runs/{runId}/frames",
+        response_model=FramesPage,
+        responses=_errors(ErrorCode.BAD_REQUEST, *_AUTH, *_ANY),
+    )
     async def get_frames(
-        run_id: str,
-        authorization: Annotated[str | None, Header()] = None,
+        run_id: RunId,
+        authorization: Authorization = None,
         after: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 500,
     ) -> dict[str, Any]:
@@ -159,7 +384,7 @@ def create_app(
             "final": any(is_final(frame) for frame in frames),
         }
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": Health}, **_errors(*_ANY)})
     async def healthz() -> JSONResponse:
         try:
             await asyncio.to_thread(store.ping)
@@ -181,4 +406,5 @@ def build_app(settings: TriggerSettings) -> FastAPI:
         allowed_workflows=settings.workflow_allow_list,
         websocket_url=settings.websocket_url,
         payloads=wiring.payloads(settings),
+        openapi=settings.openapi_enabled,
     )
