@@ -25,6 +25,11 @@ from .apigw_emulator.template import TemplateReader
 from .aws import LocalAws, start_local_aws
 from .hatchet_emulator.server import HatchetEmulator
 
+# Template parameters the local stack deploys with. AllowedWorkflows has no default
+# in template.yaml (a deploy names its workflows); locally, the demo worker's.
+# The local stack is open: the emulator serves POST /runs without its authorizer.
+LOCAL_PARAMETERS = {"AllowedWorkflows": "demo-stream,demo-fail,demo-file,demo-big-chunk"}
+
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -128,7 +133,7 @@ class LocalStack:
             self.hatchet_settings = self.hatchet.settings()
         worker_env = {**os.environ, **self._aws_env(), **self.hatchet_settings}
         self.worker = self._spawn("worker", ["demo-worker"], worker_env)
-        api = TemplateReader(self.template).api()
+        api = TemplateReader(self.template, dict(LOCAL_PARAMETERS)).api()
         self.gateway = ApiGatewayEmulator(
             api,
             http_port=self.http_port,

@@ -24,6 +24,7 @@ from hatchway_local.aws import LocalAws, start_local_aws
 from hatchway_local.hatchet_emulator.engine import TaskSpec, WorkflowSpec
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from hatchway_local.packaging import FUNCTIONS
+from hatchway_local.stack import LOCAL_PARAMETERS
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -61,7 +62,7 @@ async def invoker() -> AsyncIterator[Invoker]:
                 "demo-stream", {"demo-stream": TaskSpec("demo-stream", "demo-stream:demo-stream")}
             )
         )
-        api = TemplateReader(TEMPLATE).api()
+        api = TemplateReader(TEMPLATE, dict(LOCAL_PARAMETERS)).api()
         env = {
             **aws.environment(),
             "TABLE_NAME": aws.table_name,

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from hatchway_local.apigw_emulator.template import TemplateReader, load_template
+from hatchway_local.stack import LOCAL_PARAMETERS
 from tests.conftest import REPO_ROOT
 
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -48,6 +50,13 @@ POSTING_FUNCTIONS = {
 CONNECTIONS_SCOPE = {
     "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}"
     "/${StageName}/POST/@connections/*"
+}
+POST_RUNS_ARN = {
+    "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}/$default/POST/runs"
+}
+TRIGGER_URI = {
+    "Fn::Sub": "arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
+    "${TriggerFunction.Arn}/invocations"
 }
 MANAGEMENT_ENDPOINT = {
     "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.amazonaws.com/${StageName}"
@@ -192,26 +201,164 @@ def test_trigger_environment() -> None:
     }
     assert env["TOKEN_SECRET_ARN"] == {"Ref": "TokenSigningSecret"}
     assert env["TOKEN_TTL_SECONDS"] == {"Ref": "TokenTtlSeconds"}
-    # The Hatchet token is a Secrets Manager dynamic reference, never a plain parameter.
-    assert env["HATCHET_CLIENT_TOKEN"] == {
-        "Fn::Sub": "{{resolve:secretsmanager:${HatchetTokenSecretArn}:SecretString}}"
-    }
-    assert PARAMETERS["AllowedWorkflows"]["Default"] == (
-        "demo-stream,demo-fail,demo-file,demo-big-chunk"
-    )
+    # The Hatchet token's secret, read at the cold start: never the token itself.
+    assert env["HATCHET_CLIENT_TOKEN_SECRET_ARN"] == {"Ref": "HatchetTokenSecretArn"}
+    assert "HATCHET_CLIENT_TOKEN" not in env
 
 
 def test_token_key_only_where_tokens_are_minted_or_checked() -> None:
     with_key = {f for f in FUNCTIONS if "TOKEN_SECRET_ARN" in function_env(f)}
     assert with_key == {"TriggerFunction", "WsAuthorizerFunction", "WsSubscribeFunction"}
     assert set(grants("secretsmanager:GetSecretValue")) == with_key | {"RelayExecutionRole"}
+    hatchet_token = {"Ref": "HatchetTokenSecretArn"}
+    run_token_key = {"Ref": "TokenSigningSecret"}
     for holder, found in grants("secretsmanager:GetSecretValue").items():
-        expected = (
-            {"Ref": "HatchetTokenSecretArn"}
-            if holder == "RelayExecutionRole"
-            else {"Ref": "TokenSigningSecret"}
-        )
-        assert all(s["Resource"] == expected for s in found), holder
+        expected = {
+            "RelayExecutionRole": [hatchet_token],  # ECS injects it at the task's start
+            "TriggerFunction": [run_token_key, hatchet_token],
+        }.get(holder, [run_token_key])
+        assert [s["Resource"] for s in found] == expected, holder
+
+
+def test_the_hatchet_token_is_in_no_environment() -> None:
+    """Neither the token nor a dynamic reference that CloudFormation would resolve
+    into plain configuration: functions get the secret's ARN, the relay ECS secrets."""
+    environments = {f: function_env(f) for f in FUNCTIONS}
+    environments["RelayTaskDefinition"] = relay_environment()
+    for holder, env in environments.items():
+        assert "HATCHET_CLIENT_TOKEN" not in env, holder
+        assert "resolve:secretsmanager" not in json.dumps(env), holder
+    assert "resolve:secretsmanager" not in TEMPLATE_PATH.read_text("utf-8")
+    with_arn = {f for f, env in environments.items() if "HATCHET_CLIENT_TOKEN_SECRET_ARN" in env}
+    assert with_arn == {"TriggerFunction"}
+
+
+# -- who may call what (docs/security.md) ----------------------------------------------
+
+
+def post_runs_definitions() -> tuple[dict[str, Any], dict[str, Any]]:
+    """POST /runs's method definitions in HttpApi's OpenAPI: (JWT, IAM)."""
+    body = props("HttpApi")["DefinitionBody"]
+    assert set(body["paths"]) == {"/runs"}  # every other route is SAM's, from the events
+    assert set(body["paths"]["/runs"]) == {"post"}
+    condition, jwt, iam = body["paths"]["/runs"]["post"]["Fn::If"]
+    assert condition == "TriggerAuthIsJwt"
+    return jwt, iam
+
+
+def test_post_runs_has_an_authorizer_chosen_by_trigger_auth() -> None:
+    assert PARAMETERS["TriggerAuth"]["Default"] == "IAM"
+    assert PARAMETERS["TriggerAuth"]["AllowedValues"] == ["IAM", "JWT"]
+    assert TEMPLATE["Conditions"]["TriggerAuthIsJwt"] == {
+        "Fn::Equals": [{"Ref": "TriggerAuth"}, "JWT"]
+    }
+    jwt, iam = post_runs_definitions()
+    assert jwt["security"] == [{"TriggerJwt": []}]
+    assert iam["security"] == [{"AWS_IAM": []}]
+    for definition in (jwt, iam):
+        assert definition["x-amazon-apigateway-integration"] == {
+            "type": "aws_proxy",
+            "httpMethod": "POST",
+            "payloadFormatVersion": "2.0",
+            "uri": TRIGGER_URI,
+        }
+    schemes = props("HttpApi")["DefinitionBody"]["components"]["securitySchemes"]
+    condition, jwt_schemes, iam_schemes = schemes["Fn::If"]
+    assert condition == "TriggerAuthIsJwt"
+    assert iam_schemes["AWS_IAM"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    authorizer = jwt_schemes["TriggerJwt"]["x-amazon-apigateway-authorizer"]
+    assert authorizer["type"] == "jwt"
+    assert authorizer["identitySource"] == "$request.header.Authorization"
+    assert authorizer["jwtConfiguration"] == {
+        "issuer": {"Ref": "TriggerJwtIssuer"},
+        "audience": [{"Ref": "TriggerJwtAudience"}],
+    }
+
+
+def test_only_post_runs_is_authorized_by_api_gateway() -> None:
+    """GET /runs/{runId} and /frames check the run token in the function; /healthz is
+    open. No event overrides the body's POST /runs, no default authorizer closes the rest."""
+    assert "Auth" not in props("HttpApi")
+    for name, event in props("TriggerFunction")["Events"].items():
+        assert "Auth" not in event["Properties"], name
+
+
+def test_jwt_mode_needs_an_issuer_and_an_audience() -> None:
+    rule = TEMPLATE["Rules"]["JwtNeedsIssuerAndAudience"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "TriggerAuth"}, "JWT"]}
+    asserted = json.dumps(rule["Assertions"])
+    assert "TriggerJwtIssuer" in asserted
+    assert "TriggerJwtAudience" in asserted
+
+
+def test_backends_get_a_policy_for_post_runs_and_its_arn() -> None:
+    policy = RESOURCES["TriggerInvokePolicy"]
+    assert policy["Condition"] == "TriggerAuthIsIam"
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Action"]) == ("Allow", "execute-api:Invoke")
+    assert statement["Resource"] == POST_RUNS_ARN
+    assert TEMPLATE["Outputs"]["TriggerRouteArn"]["Value"] == POST_RUNS_ARN
+    assert TEMPLATE["Outputs"]["TriggerInvokePolicyArn"]["Value"] == {"Ref": "TriggerInvokePolicy"}
+
+
+def test_both_api_stages_are_throttled() -> None:
+    assert props("HttpApi")["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": {"Ref": "HttpThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "HttpThrottlingRateLimit"},
+    }
+    assert props("WebSocketStage")["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": {"Ref": "WebSocketThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "WebSocketThrottlingRateLimit"},
+    }
+    for prefix in ("Http", "WebSocket"):
+        for limit in ("ThrottlingBurstLimit", "ThrottlingRateLimit"):
+            assert PARAMETERS[prefix + limit]["Default"] > 0
+
+
+def reserved(parameter: str, condition: str) -> dict[str, Any]:
+    return {"Fn::If": [condition, {"Ref": parameter}, {"Ref": "AWS::NoValue"}]}
+
+
+def test_the_functions_have_reserved_concurrency() -> None:
+    websocket = reserved("WebSocketReservedConcurrency", "ReserveWebSocketConcurrency")
+    assert GLOBAL_FUNCTION["ReservedConcurrentExecutions"] == websocket
+    for name in FUNCTIONS:
+        if name != "TriggerFunction":  # the global value, not overridden
+            assert "ReservedConcurrentExecutions" not in props(name), name
+    assert props("TriggerFunction")["ReservedConcurrentExecutions"] == reserved(
+        "TriggerReservedConcurrency", "ReserveTriggerConcurrency"
+    )
+    for parameter, condition in (
+        ("WebSocketReservedConcurrency", "ReserveWebSocketConcurrency"),
+        ("TriggerReservedConcurrency", "ReserveTriggerConcurrency"),
+    ):
+        assert TEMPLATE["Conditions"][condition] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, -1]}]
+        }
+    # The defaults leave Lambda's 100 unreserved in an account of the default 1,000.
+    total = 7 * PARAMETERS["WebSocketReservedConcurrency"]["Default"]
+    total += PARAMETERS["TriggerReservedConcurrency"]["Default"]
+    assert 0 < total <= 900
+
+
+def test_the_allow_list_has_no_default() -> None:
+    """A deploy names the workflows it starts; the demo workflows are the local stack's."""
+    assert "Default" not in PARAMETERS["AllowedWorkflows"]
+    assert PARAMETERS["AllowedWorkflows"]["MinLength"] == 1
+    samconfig = tomllib.loads((REPO_ROOT / "samconfig.toml").read_text("utf-8"))
+    overrides = samconfig["default"]["deploy"]["parameters"]["parameter_overrides"]
+    assert "AllowedWorkflows" not in overrides
+    local = TemplateReader(TEMPLATE_PATH, dict(LOCAL_PARAMETERS)).api()
+    trigger = local.functions["TriggerFunction"].environment
+    assert trigger["ALLOWED_WORKFLOWS"] == "demo-stream,demo-fail,demo-file,demo-big-chunk"
+    assert trigger["HATCHET_CLIENT_TOKEN_SECRET_ARN"] == ""  # locally: HATCHET_CLIENT_TOKEN
+
+
+def test_no_openapi_documents_are_enabled() -> None:
+    """The trigger serves /openapi.json only with OPENAPI_ENABLED (the local stack's)."""
+    env = function_env("TriggerFunction")
+    assert "OPENAPI_ENABLED" not in env
+    assert not [name for name in env if "OPENAPI" in name or "DOCS" in name]
 
 
 # -- WebSocket API -------------------------------------------------------------------
@@ -304,7 +451,10 @@ def test_manage_connections_only_for_the_relay_and_posting_functions() -> None:
     assert set(holders) == POSTING_FUNCTIONS | {"RelayTaskRole"}
     for found in holders.values():
         assert all(s["Resource"] == CONNECTIONS_SCOPE for s in found)
-    assert set(grants("execute-api:Invoke")) <= set(holders)  # nobody else, by wildcard
+    # Nobody else, by wildcard; the backends' policy may call POST /runs only.
+    invokers = grants("execute-api:Invoke")
+    assert set(invokers) <= set(holders) | {"TriggerInvokePolicy"}
+    assert [s["Resource"] for s in invokers["TriggerInvokePolicy"]] == [POST_RUNS_ARN]
 
 
 def test_the_posting_functions_and_the_relay_know_the_management_endpoint() -> None:
@@ -563,6 +713,15 @@ def test_parameters() -> None:
         "HatchetTokenSecretArn",
         "RelayDesiredCount",
         "AssignPublicIp",
+        "TriggerAuth",
+        "TriggerJwtIssuer",
+        "TriggerJwtAudience",
+        "HttpThrottlingBurstLimit",
+        "HttpThrottlingRateLimit",
+        "WebSocketThrottlingBurstLimit",
+        "WebSocketThrottlingRateLimit",
+        "WebSocketReservedConcurrency",
+        "TriggerReservedConcurrency",
     } <= set(PARAMETERS)
     assert "HatchetClientToken" not in PARAMETERS  # the token lives in Secrets Manager
 
@@ -577,6 +736,8 @@ def test_parameters() -> None:
         "PayloadBucketName",
         "PayloadWriterPolicyArn",
         "RelayRepositoryUri",
+        "TriggerRouteArn",
+        "TriggerInvokePolicyArn",
     ],
 )
 def test_outputs(output: str) -> None:

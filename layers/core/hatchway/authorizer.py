@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from .observability import logger
 from .protocol import ProtocolError
 from .settings import AuthorizerSettings, load
-from .tokens import RunTokens, signing_key
+from .tokens import RunTokens, key_source
 
 
 class TokenAuthorizer:
@@ -50,7 +50,7 @@ def handler() -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
     """The function's handler, built at its cold start from ``AuthorizerSettings``."""
     settings = load(AuthorizerSettings)
     api = TokenAuthorizer(
-        RunTokens(signing_key(settings.token_signing_key, settings.token_secret_arn))
+        RunTokens(key_source(settings.token_signing_key, settings.token_secret_arn))
     )
 
     @logger.inject_lambda_context

@@ -105,11 +105,17 @@ class HatchetSettings(BaseSettings):
     The token is a JWT whose claims name the tenant (``sub``) and the gRPC address
     (``grpc_broadcast_address``); ``HATCHET_CLIENT_HOST_PORT`` and
     ``HATCHET_CLIENT_TENANT_ID`` override them, as in the SDK.
+
+    On AWS the token is not in the environment: ``HATCHET_CLIENT_TOKEN_SECRET_ARN``
+    (Hatchway's own variable, not the SDK's) names the Secrets Manager secret that
+    holds it, read once, when the settings load (a process's start). A token in
+    ``HATCHET_CLIENT_TOKEN`` (the local stack, workers) is used as it is.
     """
 
     model_config = SettingsConfigDict(extra="ignore", env_prefix="HATCHET_CLIENT_")
 
-    token: str = Field(min_length=1)
+    token: str = ""
+    token_secret_arn: str = ""
     host_port: str = ""
     tenant_id: str = ""
     namespace: str = ""
@@ -120,15 +126,19 @@ class HatchetSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _from_token(self) -> Self:
+        source = "HATCHET_CLIENT_TOKEN"
+        if not self.token:
+            self.token = _hatchet_token_from_secret(self.token_secret_arn)
+            source = "the token in the secret HATCHET_CLIENT_TOKEN_SECRET_ARN names"
         try:  # the SDK reads these claims unverified too: the engine checks the token
             claims = jwt.decode(self.token, options={"verify_signature": False})
         except jwt.InvalidTokenError:
-            raise ValueError("HATCHET_CLIENT_TOKEN is not a JWT") from None
+            raise ValueError(f"{source} is not a JWT") from None
         self.host_port = self.host_port or str(claims.get("grpc_broadcast_address") or "")
         self.tenant_id = self.tenant_id or str(claims.get("sub") or "")
         if not self.host_port:
             raise ValueError(
-                "HATCHET_CLIENT_TOKEN names no grpc_broadcast_address: set HATCHET_CLIENT_HOST_PORT"
+                f"{source} names no grpc_broadcast_address: set HATCHET_CLIENT_HOST_PORT"
             )
         if self.namespace and not self.namespace.endswith("_"):
             self.namespace += "_"  # the SDK's rule: "team" -> "team_", lower case
@@ -140,6 +150,21 @@ class HatchetSettings(BaseSettings):
         if not self.namespace or name.startswith(self.namespace):
             return name
         return self.namespace + name
+
+
+def _hatchet_token_from_secret(secret_arn: str) -> str:
+    if not secret_arn:
+        raise ValueError(
+            "set HATCHET_CLIENT_TOKEN_SECRET_ARN (AWS: the secret holding the Hatchet token)"
+            " or HATCHET_CLIENT_TOKEN (locally)"
+        )
+    from .secrets_manager import SecretError, read_secret  # noqa: PLC0415 - only when needed
+
+    try:
+        token = read_secret(secret_arn, "HATCHET_CLIENT_TOKEN_SECRET_ARN")
+    except SecretError as error:
+        raise ValueError(str(error)) from None
+    return str(token).strip()
 
 
 # -- one model per process -----------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 from .payloads import Payloads
 from .settings import PayloadSettings, TableSettings, TokenKeySettings
 from .store import Store
-from .tokens import RunTokens, signing_key
+from .tokens import RunTokens, key_source
 
 
 def run_tokens(settings: TokenKeySettings, ttl_seconds: int = 3600) -> RunTokens:
-    key = signing_key(settings.token_signing_key, settings.token_secret_arn)
-    return RunTokens(key, ttl_seconds)
+    # The key ring follows a rotation of the secret (re-read every five minutes).
+    return RunTokens(key_source(settings.token_signing_key, settings.token_secret_arn), ttl_seconds)
 
 
 def store(settings: TableSettings) -> Store:
