@@ -171,6 +171,11 @@ async def open_connection(invoker: Invoker) -> tuple[ClientConnection, str]:
             "ws_default_unknown_action",
             {"type": "error", "code": "bad_request"},
         ),
+        (
+            "WsDefaultFunction",
+            "ws_default_binary_not_utf8",
+            {"type": "error", "code": "bad_request"},
+        ),
     ],
 )
 async def test_message_events_answer_on_the_connection(

@@ -161,7 +161,7 @@ def _select_route_key(expression: str, body: str | bytes) -> str | None:
         return None
     try:
         value: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON to the gateway: $default
         return None
     for part in expression[len(prefix) :].split("."):
         if not isinstance(value, dict) or part not in value:
