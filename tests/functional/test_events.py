@@ -100,6 +100,9 @@ async def test_trigger_events(invoker: Invoker) -> None:
     assert (unknown["statusCode"], body(unknown)["error"]["code"]) == (404, "unknown_workflow")
     not_json = await invoker.invoke("TriggerFunction", "trigger_post_runs_not_json")
     assert (not_json["statusCode"], body(not_json)["error"]["code"]) == (400, "bad_request")
+    # Only the route with the authorizer starts runs, never the open catch-all.
+    fallback = await invoker.invoke("TriggerFunction", "trigger_post_runs_default_route")
+    assert (fallback["statusCode"], body(fallback)["error"]["code"]) == (403, "forbidden")
 
     run = await invoker.invoke("TriggerFunction", "trigger_get_run")
     assert run["statusCode"] == 200

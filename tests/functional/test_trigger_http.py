@@ -363,7 +363,7 @@ def test_openapi_documents_the_statuses_the_api_answers(backend: Backend) -> Non
         for method, operation in operations.items()
     }
     assert statuses == {
-        ("POST", "/runs"): ["201", "400", "404", "413", "429", "500", "502"],
+        ("POST", "/runs"): ["201", "400", "403", "404", "413", "429", "500", "502"],
         ("GET", "/runs/{runId}"): ["200", "401", "403", "404", "413", "500"],
         ("GET", "/runs/{runId}/frames"): ["200", "400", "401", "403", "404", "413", "500"],
         ("GET", "/healthz"): ["200", "413", "500"],

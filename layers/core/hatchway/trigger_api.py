@@ -129,6 +129,7 @@ def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
 
 # Every operation: a Content-Length over the limit, and a failure of an adapter.
 _ANY = (ErrorCode.TOO_LARGE, ErrorCode.INTERNAL)
+START_ROUTE_KEY = "POST /runs"  # the route that carries the authorizer (template.yaml)
 _AUTH = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND)
 
 
@@ -327,13 +328,23 @@ def create_app(
         response_model=RunStarted,
         responses=_errors(
             ErrorCode.BAD_REQUEST,
+            ErrorCode.FORBIDDEN,
             ErrorCode.UNKNOWN_WORKFLOW,
             ErrorCode.RATE_LIMITED,
             ErrorCode.UPSTREAM_UNAVAILABLE,
             *_ANY,
         ),
     )
-    async def start_run(request: RunRequest) -> dict[str, Any]:
+    async def start_run(request: RunRequest, http: Request) -> dict[str, Any]:
+        # Under Lambda, only API Gateway's own POST /runs route (the one with the
+        # authorizer) may start runs: never the open $default catch-all, whatever
+        # path variant reached FastAPI through it.
+        event = http.scope.get("aws.event")
+        route = (event or {}).get("requestContext", {}).get("routeKey") if event else None
+        if event is not None and route != START_ROUTE_KEY:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"runs are started through {START_ROUTE_KEY} only"
+            )
         if request.workflow not in allowed_workflows:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_WORKFLOW, f"workflow {request.workflow!r} cannot be started here"
