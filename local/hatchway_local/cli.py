@@ -146,7 +146,7 @@ async def _run_dev(args: argparse.Namespace) -> None:
         _say(f"  Hatchet:        {hatchet}")
         _say(f"  AWS (moto):     {stack.aws.endpoint_url}")
         _say(f"  relays:         {', '.join(stack.relay_processes)}")
-        _say("  demo workflows: demo-stream, demo-fail, demo-file, demo-big-chunk")
+        _say("  demo workflows: demo-stream, demo-fail, demo-file, demo-big-chunk, demo-ticks")
         _say(
             f"  try:            .venv/bin/hatchway watch demo-stream --url {stack.gateway.http_url}"
         )

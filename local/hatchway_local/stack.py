@@ -28,7 +28,7 @@ from .hatchet_emulator.server import HatchetEmulator
 # Template parameters the local stack deploys with. AllowedWorkflows has no default
 # in template.yaml (a deploy names its workflows); locally, the demo worker's.
 # The local stack is open: the emulator serves POST /runs without its authorizer.
-LOCAL_PARAMETERS = {"AllowedWorkflows": "demo-stream,demo-fail,demo-file,demo-big-chunk"}
+LOCAL_PARAMETERS = {"AllowedWorkflows": "demo-stream,demo-fail,demo-file,demo-big-chunk,demo-ticks"}
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -44,10 +44,27 @@ class Connections:
         self._client = client or boto3.client(
             "apigatewaymanagementapi",
             endpoint_url=endpoint_url or None,
+            # A post to a client that does not read must not hold a thread for long:
+            # it times out, is retried, and a connection that stays stuck is shed.
             config=Config(
-                retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=pool
+                retries={"max_attempts": 1, "mode": "standard"},
+                max_pool_connections=pool,
+                connect_timeout=5,
+                read_timeout=10,
             ),
         )
+
+    def close(self, connection_id: str) -> None:
+        """Disconnect a client (DELETE @connections/{id}); API Gateway then sends
+        ``$disconnect``. Gone already is fine."""
+        try:
+            self._client.delete_connection(ConnectionId=connection_id)
+        except ClientError as error:
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status != 410:
+                raise DeliveryError(f"{connection_id}: close failed ({status})") from error
+        except BotoCoreError as error:
+            raise UnavailableError(f"{connection_id}: {error}") from error
 
     def post(self, connection_id: str, data: str | bytes) -> None:
         try:

@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from . import wiring
 from .connections import Connections
 from .observability import logger
+from .rate_limit import ConnectionRateLimiter
 from .settings import (
     ConnectionSettings,
     MessageSettings,
@@ -78,6 +79,7 @@ def subscribe() -> Handler:
             Connections(settings.management_api_url),
             tokens=lambda: wiring.run_tokens(settings),  # the secret is read on first use
             payloads=wiring.payloads(settings),
+            limiter=_limiter(settings),
         )
     )
 
@@ -86,5 +88,13 @@ def message() -> Handler:
     """unsubscribe, ping and ``$default``."""
     settings = load(MessageSettings)
     return _message_handler(
-        WebSocketApi(wiring.store(settings), Connections(settings.management_api_url))
+        WebSocketApi(
+            wiring.store(settings),
+            Connections(settings.management_api_url),
+            limiter=_limiter(settings),
+        )
     )
+
+
+def _limiter(settings: MessageSettings) -> ConnectionRateLimiter:
+    return ConnectionRateLimiter(settings.message_rate_per_second, settings.message_burst)

@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     INVALID = "invalid"
     RATE_LIMITED = "rate_limited"
+    TOO_SLOW = "too_slow"  # WebSocket only: the connection could not keep up and is closed
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     INTERNAL = "internal"
 
@@ -52,6 +53,7 @@ HTTP_STATUS = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.INVALID: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_SLOW: 429,
     ErrorCode.UPSTREAM_UNAVAILABLE: 502,
     ErrorCode.INTERNAL: 500,
 }

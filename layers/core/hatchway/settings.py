@@ -182,6 +182,11 @@ class MessageSettings(TableSettings, ManagementApiSettings):
     """unsubscribe, ping and ``$default``: they answer on the socket (and drop a
     connection that is gone)."""
 
+    # Flood control per connection (hatchway.rate_limit): a token bucket that
+    # refills this many messages a second and holds at most the burst.
+    message_rate_per_second: float = Field(default=10.0, gt=0, alias="WS_MESSAGE_RATE")
+    message_burst: int = Field(default=20, ge=1, alias="WS_MESSAGE_BURST")
+
 
 class SubscribeSettings(MessageSettings, TokenKeySettings, PayloadSettings):
     """subscribe: checks run tokens too, and its replay mints payload URLs."""
@@ -219,6 +224,12 @@ class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings):
     # A frame-log write that keeps failing (a 500, throttling) is retried this long;
     # then the run is handed back (its message released), never finished.
     log_retry_seconds: float = Field(default=60.0, gt=0, alias="RELAY_LOG_RETRY_SECONDS")
+    # A connection that cannot keep up is shed (told too_slow, disconnected) when this
+    # many bytes of frames wait for it, or when no post got through for this long.
+    send_queue_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=64 * 1024, alias="RELAY_SEND_QUEUE_BYTES"
+    )
+    send_stall_seconds: float = Field(default=120.0, gt=0, alias="RELAY_SEND_STALL_SECONDS")
     hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
 

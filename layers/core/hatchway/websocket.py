@@ -33,6 +33,7 @@ from .protocol import (
     subscribed_frame,
     unsubscribed_frame,
 )
+from .rate_limit import Admission, ConnectionRateLimiter
 from .store import RunRecord, Store
 from .tokens import RunTokens
 
@@ -83,8 +84,10 @@ class WebSocketApi:
         connections: Connections,
         tokens: Callable[[], RunTokens] | None = None,
         payloads: Payloads | None = None,
+        limiter: ConnectionRateLimiter | None = None,
     ) -> None:
         self.store = store
+        self.limiter = limiter
         self.connections = connections
         self.payloads = payloads  # mints URLs for offloaded payloads in a replay
         # The key is fetched on the first subscribe, then kept for the environment.
@@ -102,6 +105,8 @@ class WebSocketApi:
     # -- messages ----------------------------------------------------------------------
 
     def message(self, connection_id: str, body: str | bytes | None) -> dict[str, Any]:
+        if self.limiter is not None and not self._admitted(connection_id):
+            return {"statusCode": 200}
         try:
             request = parse_client_message(body)
             if isinstance(request, SubscribeMessage):
@@ -129,6 +134,32 @@ class WebSocketApi:
         except DeliveryError as error:  # the client will not hear of it; log and move on
             logger.warning("could not answer", connection_id=connection_id, error=str(error))
         return {"statusCode": 200}
+
+    def _admitted(self, connection_id: str) -> bool:
+        """Flood control: over its rate, a message is dropped, and the client is told
+        now and then (not for each one: that would answer a flood with a flood)."""
+        assert self.limiter is not None  # noqa: S101 - checked by the caller
+        admission = self.limiter.admit(connection_id)
+        if admission is Admission.ADMIT:
+            return True
+        if admission is Admission.REFUSE_AND_TELL:
+            logger.warning("connection rate limited", connection_id=connection_id)
+            try:
+                self._post(
+                    connection_id,
+                    [
+                        error_frame(
+                            ErrorCode.RATE_LIMITED,
+                            f"over {self.limiter.rate:g} messages a second (burst"
+                            f" {self.limiter.burst}): messages are dropped until the rate"
+                            " falls",
+                        )
+                    ],
+                    attempts=1,
+                )
+            except DeliveryError as error:
+                logger.warning("could not answer", connection_id=connection_id, error=str(error))
+        return False
 
     def _subscribe(self, connection_id: str, request: SubscribeMessage) -> None:
         token = self.tokens.verify(request.token, request.run_id)

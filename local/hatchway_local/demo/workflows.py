@@ -7,7 +7,10 @@
   generated as it is read, never held whole) with ``hatchway.worker.aput_file``,
   then completes with its size and sha256;
 - ``demo-big-chunk`` streams one 300 KiB chunk (over API Gateway's 128 KB: the
-  relay sends it through S3), optionally between small chunks, then completes.
+  relay sends it through S3), optionally between small chunks, then completes;
+- ``demo-ticks`` streams ``count`` JSON chunks ``{"n", "sentAt", "pad"}`` at a set
+  rate, each stamped with the wall clock as it is put (``sentAt``, epoch ms): a
+  client on the same machine measures delivery latency from it (benchmarks).
 
 Built by a function, not at import time: ``Hatchet()`` reads its settings
 from the environment, which the caller sets first.
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
+import time
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -62,6 +67,13 @@ class FileInput(BaseModel):
 class BigChunkInput(BaseModel):
     size_bytes: int = Field(default=300 * 1024, ge=1, le=3 * 1024 * 1024)  # Hatchet: 4 MB
     chunks_around: int = Field(default=0, ge=0, le=1000)  # small chunks before and after
+    start_delay_seconds: float = Field(default=1.0, ge=0, le=60)
+
+
+class TicksInput(BaseModel):
+    count: int = Field(default=100, ge=1, le=100_000)
+    rate_per_second: float = Field(default=20.0, gt=0, le=1000)
+    pad_bytes: int = Field(default=0, ge=0, le=64 * 1024)  # makes each chunk this much larger
     start_delay_seconds: float = Field(default=1.0, ge=0, le=60)
 
 
@@ -146,7 +158,20 @@ def build_demo_workflows(hatchet: Hatchet, payloads: Payloads) -> list[BaseWorkf
             await ctx.aio_put_stream(f"after {number + 1}. ")
         return {"bytes": input.size_bytes, "chunks": 1 + 2 * input.chunks_around}
 
-    return [demo_stream, demo_fail, demo_file, demo_big_chunk]
+    @hatchet.task(name="demo-ticks", input_validator=TicksInput)
+    async def demo_ticks(input: TicksInput, ctx: Context) -> dict[str, int]:  # noqa: A002
+        await asyncio.sleep(input.start_delay_seconds)
+        pad = "x" * input.pad_bytes
+        started = time.monotonic()
+        for number in range(input.count):
+            tick = {"n": number, "sentAt": time.time() * 1000, "pad": pad}
+            await ctx.aio_put_stream(json.dumps(tick, separators=(",", ":")))
+            # On a schedule, not after a fixed pause: a slow put does not slow the rate.
+            due = started + (number + 1) / input.rate_per_second
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        return {"ticks": input.count}
+
+    return [demo_stream, demo_fail, demo_file, demo_big_chunk, demo_ticks]
 
 
 def demo_worker(hatchet: Hatchet, slots: int = 50) -> Worker:

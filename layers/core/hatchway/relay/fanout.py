@@ -6,6 +6,12 @@ Frames queued while a post is in flight go out together in the next post
 S3 get their presigned URL here, as they leave (``hatchway.payloads``). 429 backs off with jitter
 and retries the same message: nothing is lost and order is kept. 410 ends the
 sender and reports the connection gone, exactly that one.
+
+A connection that cannot keep up is shed, never waited for: when more than
+``max_queued_bytes`` wait for it, or no post got through for ``stall_s``, it is
+told with a ``too_slow`` error frame (best effort) and disconnected; it resumes
+with ``after`` like any reconnecting client. Its memory and its place in the
+relay are freed, and no other connection waits on it meanwhile.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from hatchway.connections import (
 )
 from hatchway.observability import logger
 from hatchway.payloads import PayloadError, Payloads, has_references
-from hatchway.protocol import Frame, pack_messages
+from hatchway.protocol import ErrorCode, Frame, error_frame, pack_messages
 
 MAX_BACKOFF_S = 5.0
-GIVE_UP_AFTER_S = 120.0  # a connection throttled this long is treated as gone
+STALL_S = 120.0  # no post through for this long (429s, timeouts): shed
+MAX_QUEUED_BYTES = 16 * 1024 * 1024  # frames waiting for one connection: shed beyond
+FRAME_OVERHEAD_BYTES = 100  # a frame's JSON around its data, for the estimate
 
 
 @dataclass
@@ -42,9 +50,19 @@ class DeliveryStats:
     gone: int = 0
     failed: int = 0
     unavailable: int = 0  # 5xx or no answer, retried
+    shed: int = 0  # connections disconnected because they could not keep up
 
     def add(self, other: DeliveryStats) -> None:
-        for name in ("posts", "frames", "bytes", "throttled", "gone", "failed", "unavailable"):
+        for name in (
+            "posts",
+            "frames",
+            "bytes",
+            "throttled",
+            "gone",
+            "failed",
+            "unavailable",
+            "shed",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -55,17 +73,26 @@ class ConnectionSender:
     executor: Executor
     on_gone: Callable[[str], Awaitable[None]]
     payloads: Payloads  # mints URLs for references as frames leave
+    max_queued_bytes: int = MAX_QUEUED_BYTES
+    stall_s: float = STALL_S
     stats: DeliveryStats = field(default_factory=DeliveryStats)
-    _queue: asyncio.Queue[list[Frame]] = field(default_factory=asyncio.Queue)
+    _queue: asyncio.Queue[tuple[list[Frame], int]] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
+    _shedding: asyncio.Task[None] | None = None
+    queued_bytes: int = 0  # about what waits in the queue (data plus a frame's overhead)
     closed: bool = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def send(self, frames: list[Frame]) -> None:
-        if frames and not self.closed:
-            self._queue.put_nowait(frames)
+        if not frames or self.closed:
+            return
+        size = _estimate(frames)
+        self._queue.put_nowait((frames, size))
+        self.queued_bytes += size
+        if self.queued_bytes > self.max_queued_bytes:
+            self._shed(f"{self.queued_bytes} bytes were waiting for it")
 
     @property
     def idle(self) -> bool:
@@ -85,14 +112,60 @@ class ConnectionSender:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def _shed(self, why: str) -> None:
+        """Stop sending to this connection: tell it (best effort), disconnect it,
+        report it gone. Runs apart from the sender task, which may be mid-post."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stats.shed += 1
+        self._drop_queue()
+        logger.warning(
+            "connection shed: it cannot keep up", connection_id=self.connection_id, why=why
+        )
+        self._shedding = asyncio.get_running_loop().create_task(self._disconnect(why))
+
+    async def _disconnect(self, why: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        message = pack_messages(
+            [
+                error_frame(
+                    ErrorCode.TOO_SLOW,
+                    f"this connection could not keep up ({why}): reconnect and subscribe"
+                    " with after = the last seq you processed",
+                )
+            ]
+        )[0]
+        for call in (
+            lambda: self.connections.post(self.connection_id, message),
+            lambda: self.connections.close(self.connection_id),
+        ):
+            try:
+                await loop.run_in_executor(self.executor, call)
+            except DeliveryError as error:  # gone already, or still not reading
+                logger.info("shedding", connection_id=self.connection_id, error=str(error))
+        await self.on_gone(self.connection_id)
+
+    def _drop_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self.queued_bytes = 0
+
+    def _take(self, entry: tuple[list[Frame], int]) -> list[Frame]:
+        frames, size = entry
+        self.queued_bytes -= size
+        return frames
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            frames = await self._queue.get()
+            frames = self._take(await self._queue.get())
             self._busy = True
             try:
                 while not self._queue.empty():  # coalesce what queued up meanwhile
-                    frames = frames + self._queue.get_nowait()
+                    frames = frames + self._take(self._queue.get_nowait())
                 if has_references(frames):  # URLs are minted now, as the frames leave
                     presigned = await self._presign(loop, frames)
                     if presigned is None:
@@ -112,6 +185,9 @@ class ConnectionSender:
                     if not await self._post(loop, message):
                         return
                 self.stats.frames += len(frames)
+            except Exception:  # noqa: BLE001 - a bug must not silence this connection unseen
+                logger.exception("sending failed", connection_id=self.connection_id)
+                self.stats.failed += 1
             finally:
                 self._busy = False
 
@@ -129,7 +205,7 @@ class ConnectionSender:
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
                 attempt += 1
                 waited += delay
-                if waited > GIVE_UP_AFTER_S or self.closed:
+                if waited > self.stall_s or self.closed:
                     logger.error(
                         "could not mint URLs", connection_id=self.connection_id, error=str(error)
                     )
@@ -138,9 +214,9 @@ class ConnectionSender:
                 await asyncio.sleep(delay)
 
     async def _post(self, loop: asyncio.AbstractEventLoop, message: str) -> bool:
-        """True once posted; False when the connection is gone (the sender stops)."""
+        """True once posted; False when the connection is gone or shed (the sender stops)."""
         attempt = 0
-        waited = 0.0
+        first_try = loop.time()
         while True:
             try:
                 await loop.run_in_executor(
@@ -157,14 +233,8 @@ class ConnectionSender:
                     self.stats.unavailable += 1
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
                 attempt += 1
-                waited += delay
-                if waited > GIVE_UP_AFTER_S:
-                    logger.warning(
-                        "connection throttled or unreachable too long",
-                        connection_id=self.connection_id,
-                        error=str(error),
-                    )
-                    await self._gone()
+                if loop.time() - first_try > self.stall_s:
+                    self._shed(f"no post got through for {self.stall_s:g} s: {error}")
                     return False
                 await asyncio.sleep(delay)
                 continue
@@ -179,3 +249,8 @@ class ConnectionSender:
     async def _gone(self) -> None:
         self.closed = True
         await self.on_gone(self.connection_id)
+
+
+def _estimate(frames: list[Frame]) -> int:
+    """About how many bytes ``frames`` take as JSON, without encoding them."""
+    return sum(len(frame.get("data") or "") + FRAME_OVERHEAD_BYTES for frame in frames)

@@ -400,6 +400,8 @@ class Relay:
                 self._executor,
                 on_gone=self._connection_gone,
                 payloads=self._payloads,
+                max_queued_bytes=self.settings.send_queue_bytes,
+                stall_s=self.settings.send_stall_seconds,
             )
             sender.start()
             self.senders[connection_id] = sender
