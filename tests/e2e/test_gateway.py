@@ -182,3 +182,34 @@ async def test_after_unsubscribed_no_frame_of_that_run_arrives(api: Api) -> None
     before = [f for f in leaving.frames[:at] if "seq" in f]
     assert [f["seq"] for f in before] == list(range(1, len(before) + 1))
     assert len(before) < len(whole)  # it left mid-stream
+
+
+FLOOD = 400
+
+
+async def test_a_flood_of_messages_is_rate_limited_and_the_connection_stays(api: Api) -> None:
+    """400 pings at once: about the burst is answered, the excess dropped with a
+    rate_limited error now and then (not one per message), and later the
+    connection works. (Each execution environment keeps its own bucket.)"""
+    run = await api.start("demo-stream", {"start_delay_seconds": 0, "pause_seconds": 0})
+    flooder = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await asyncio.gather(*(flooder.send({"action": "ping"}) for _ in range(FLOOD)))
+        # The gateway runs each message's function; wait until they all ran.
+        while True:
+            try:
+                await asyncio.wait_for(flooder.next_frame(), 5)
+            except TimeoutError:
+                break
+        pongs = [f for f in flooder.frames if f["type"] == "pong"]
+        limited = [f for f in flooder.frames if f.get("code") == "rate_limited"]
+        dropped = FLOOD - len(pongs)
+        assert limited, "no rate_limited error"
+        assert dropped > FLOOD / 4, f"only {dropped} of {FLOOD} dropped"
+        assert len(limited) * 5 < dropped  # told now and then, not message by message
+        await asyncio.sleep(2.5)  # the bucket refills: a time the protocol promises
+        flooder.frames.clear()
+        await flooder.send({"action": "ping"})
+        assert await asyncio.wait_for(flooder.next_frame(), 20) == {"type": "pong"}
+    finally:
+        await flooder.close()
