@@ -1,6 +1,6 @@
 """``hatchway watch``: start a workflow (or attach to a run) through the HTTP API
 and print what it streams as it arrives, then its final status: a Hatchway
-client in a few dozen lines, following PROTOCOL.md. It resumes with ``after``
+client in a few dozen lines, following docs/protocol.md. It resumes with ``after``
 when the connection drops, so it shows what Hatchway guarantees."""
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def expires_at(frame: dict[str, Any]) -> datetime:
 
 
 def assert_by_reference(frame: dict[str, Any], ttl_s: int = 900) -> None:
-    """A frame by reference as PROTOCOL.md has it: url, size, expiresAt; the URL's
+    """A frame by reference as docs/protocol.md has it: url, size, expiresAt; the URL's
     expiry is the configured one and expiresAt says when that is."""
     assert {"url", "size", "expiresAt"} <= set(frame)
     assert "data" not in frame

@@ -1,5 +1,5 @@
 """The S3 adapter: large payloads travel by reference (the issue "Large payloads
-through S3"; the wire shapes are PROTOCOL.md's, the decisions docs/design.md's).
+through S3"; the wire shapes are docs/protocol.md's, the decisions docs/design.md's).
 
 API Gateway refuses WebSocket messages over 128 KB, a DynamoDB item holds at most
 400 KB and Hatchet's gRPC stream stops at 4 MB. So:

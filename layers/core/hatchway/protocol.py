@@ -1,4 +1,4 @@
-"""Hatchway's wire protocol, version 1 (the spec: shared/PROTOCOL.md).
+"""Hatchway's wire protocol, version 1 (the spec: docs/protocol.md).
 
 Frames are plain JSON-ready dicts: they are stored in the frame log and sent
 as they are, so a replay is byte-for-byte what the live stream sent. Client
