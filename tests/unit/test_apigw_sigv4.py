@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -106,3 +107,18 @@ def test_the_timestamp_may_be_off_by_five_minutes_at_most(
     assert (refusal is None) == accepted
     if refusal is not None:
         assert refusal.message.startswith(("Signature expired", "Signature not yet current"))
+
+
+def test_a_signed_payload_hash_must_be_the_bodys() -> None:
+    """A request signed over its x-amz-content-sha256 header, replayed with another
+    body: the signature still matches the header, so the header is checked too."""
+    request = AWSRequest(method="POST", url=URL, data=b"hello")
+    request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(b"hello").hexdigest()
+    SigV4Auth(Credentials("testing", "testing"), "execute-api", "us-east-1").add_auth(request)
+    headers = CIMultiDict(request.headers.items())
+    headers["Host"] = "127.0.0.1:8001"
+    proxy = CIMultiDictProxy(headers)
+    assert verify(proxy, body=b"hello") is None
+    refusal = verify(proxy, body=b"injected frame")
+    assert refusal is not None
+    assert refusal.error_type == "InvalidSignatureException"

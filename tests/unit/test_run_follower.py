@@ -47,8 +47,8 @@ class FakeStore:
         self.log.extend(frames)
         self.indexes = indexes
 
-    def read_frames(self, _run_id: str, after: int, _limit: int) -> list[Frame]:
-        return [f for f in self.log if f["seq"] > after]
+    def read_frames(self, _run_id: str, after: int, limit: int) -> list[Frame]:
+        return [f for f in self.log if f["seq"] > after][:limit]
 
     def subscriptions_of_run(self, _run_id: str) -> list[Subscription]:
         return []
@@ -122,6 +122,9 @@ class FakeSender:
 
     def send(self, frames: list[Frame]) -> None:
         self.sent.extend(frames)
+
+    async def wait_for_room(self) -> None:
+        pass
 
 
 def follower(
@@ -366,3 +369,57 @@ async def test_a_subscriber_whose_token_expired_gets_unauthorized_and_nothing_mo
     assert "after=1" in sender.sent[-1]["message"]
     assert "c1" not in run.subscribers
     assert [f["seq"] for f in store.log] == [1, 2, 3]  # the log itself goes on
+
+
+# -- a new subscriber's backlog, a page at a time --------------------------------------
+
+
+class SlowRoomSender(FakeSender):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    async def wait_for_room(self) -> None:
+        self.waits += 1
+        await asyncio.sleep(0)
+
+
+async def test_a_long_backlog_is_handed_over_a_page_at_a_time_in_order() -> None:
+    store = FakeStore()
+    store.log = [run_follower_module.chunk_frame("r1", seq, "x") for seq in range(1, 2501)]
+    hatchet = FakeHatchet([[]])
+    run, _ = follower(hatchet, store, last_seq=2500, status="RUNNING")
+    sender = SlowRoomSender()
+    run._sender_for = lambda _connection_id: sender  # type: ignore[assignment,return-value]
+    await run.add_subscriber(Subscription("r1", "c1", after=0, token_expires_at=0, created_at=0))
+
+    assert [f["seq"] for f in sender.sent] == list(range(1, 2501))
+    assert sender.waits >= 2  # it waited for the connection between pages
+
+
+async def test_unsubscribed_during_the_backlog_read_gets_nothing_after_it() -> None:
+    store = FakeStore()
+    store.log = [run_follower_module.chunk_frame("r1", seq, "x") for seq in range(1, 11)]
+    hatchet = FakeHatchet([[]])
+    run, sender = follower(hatchet, store, last_seq=10, status="RUNNING")
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    read_frames = store.read_frames
+
+    def slow_read(run_id: str, after: int, limit: int) -> list[Frame]:
+        reading.set()
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        return read_frames(run_id, after, limit)
+
+    loop = asyncio.get_running_loop()
+    store.read_frames = slow_read  # type: ignore[method-assign]
+    store.forget_subscription = lambda *_: None  # type: ignore[attr-defined]
+    adding = asyncio.create_task(
+        run.add_subscriber(Subscription("r1", "c1", after=0, token_expires_at=0, created_at=0))
+    )
+    await reading.wait()
+    await run.unsubscribe("c1")
+    release.set()
+    await adding
+
+    assert sender.sent == [{"type": "unsubscribed", "runId": "r1"}]

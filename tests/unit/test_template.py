@@ -51,6 +51,10 @@ CONNECTIONS_SCOPE = {
     "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}"
     "/${StageName}/POST/@connections/*"
 }
+SHED_SCOPE = {
+    "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}"
+    "/${StageName}/DELETE/@connections/*"
+}
 POST_RUNS_ARN = {
     "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}/$default/POST/runs"
 }
@@ -449,12 +453,21 @@ def test_one_invoke_permission_per_websocket_function() -> None:
 def test_manage_connections_only_for_the_relay_and_posting_functions() -> None:
     holders = grants("execute-api:ManageConnections")
     assert set(holders) == POSTING_FUNCTIONS | {"RelayTaskRole"}
-    for found in holders.values():
-        assert all(s["Resource"] == CONNECTIONS_SCOPE for s in found)
+    for holder, found in holders.items():
+        allowed = [CONNECTIONS_SCOPE]
+        if holder == "RelayTaskRole":  # it also disconnects a client that cannot keep up
+            allowed.append(SHED_SCOPE)
+        assert all(s["Resource"] in allowed for s in found), holder
+    assert SHED_SCOPE in [s["Resource"] for s in holders["RelayTaskRole"]]
     # Nobody else, by wildcard; the backends' policy may call POST /runs only.
     invokers = grants("execute-api:Invoke")
     assert set(invokers) <= set(holders) | {"TriggerInvokePolicy"}
     assert [s["Resource"] for s in invokers["TriggerInvokePolicy"]] == [POST_RUNS_ARN]
+
+
+def test_unsubscribe_may_read_the_run_and_make_a_tombstone() -> None:
+    for action in ("dynamodb:GetItem", "dynamodb:UpdateItem"):
+        assert "WsUnsubscribeFunction" in grants(action), action
 
 
 def test_the_posting_functions_and_the_relay_know_the_management_endpoint() -> None:

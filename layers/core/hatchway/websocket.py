@@ -133,6 +133,20 @@ class WebSocketApi:
             self.store.drop_connection(connection_id)
         except DeliveryError as error:  # the client will not hear of it; log and move on
             logger.warning("could not answer", connection_id=connection_id, error=str(error))
+        except Exception:  # noqa: BLE001 - a failure of ours (the table, the key) still answers
+            logger.exception("message failed", connection_id=connection_id)
+            try:
+                self._post(
+                    connection_id,
+                    [
+                        error_frame(
+                            ErrorCode.INTERNAL, "the message could not be handled; try again"
+                        )
+                    ],
+                    attempts=1,
+                )
+            except DeliveryError as error:
+                logger.warning("could not answer", connection_id=connection_id, error=str(error))
         return {"statusCode": 200}
 
     def _admitted(self, connection_id: str) -> bool:
@@ -191,7 +205,15 @@ class WebSocketApi:
         run = self.store.get_run(run_id)
         holder = _lease_holder(run) if run is not None and not run.final else None
         if holder is not None and self.store.remove_subscription(run_id, connection_id, holder):
-            return
+            # As for subscribe: the run may have changed hands meanwhile (a handover).
+            now = self.store.get_run(run_id)
+            current = _lease_holder(now) if now is not None and not now.final else None
+            if current == holder:
+                return
+            if current is not None and self.store.remove_subscription(
+                run_id, connection_id, current
+            ):
+                return
         self.store.delete_subscription(run_id, connection_id)
         self._post(connection_id, [unsubscribed_frame(run_id)])
 

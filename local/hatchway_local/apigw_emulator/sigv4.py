@@ -13,6 +13,7 @@ signature that does not match (``InvalidSignatureException``).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -131,6 +132,12 @@ class SigV4Verifier:
         refusal = self._scope_refusal(parsed, timestamp, now or datetime.now(UTC))
         if refusal is not None:
             return refusal
+
+        # A payload hash the caller sent is what the signature covers: it must be
+        # the body's, or a signed request could be replayed with another body.
+        claimed = headers.get("X-Amz-Content-SHA256")
+        if claimed is not None and claimed != hashlib.sha256(body).hexdigest():
+            return _invalid(SIGNATURE_MISMATCH)
 
         # The request as the caller signed it: its signed headers only, as sent.
         request = AWSRequest(method=method, url=url, data=body)

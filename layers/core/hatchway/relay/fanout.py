@@ -81,6 +81,7 @@ class ConnectionSender:
     _shedding: asyncio.Task[None] | None = None
     queued_bytes: int = 0  # about what waits in the queue (data plus a frame's overhead)
     closed: bool = False
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -108,7 +109,8 @@ class ConnectionSender:
 
     async def close(self) -> None:
         self.closed = True
-        if self._task is not None:
+        self._drop_queue()
+        if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
@@ -138,25 +140,39 @@ class ConnectionSender:
                 )
             ]
         )[0]
-        for call in (
-            lambda: self.connections.post(self.connection_id, message),
-            lambda: self.connections.close(self.connection_id),
-        ):
-            try:
-                await loop.run_in_executor(self.executor, call)
-            except DeliveryError as error:  # gone already, or still not reading
-                logger.info("shedding", connection_id=self.connection_id, error=str(error))
-        await self.on_gone(self.connection_id)
+        try:
+            for call in (
+                lambda: self.connections.post(self.connection_id, message),
+                lambda: self.connections.close(self.connection_id),
+            ):
+                try:
+                    await loop.run_in_executor(self.executor, call)
+                except DeliveryError as error:  # gone already, or still not reading
+                    logger.info("shedding", connection_id=self.connection_id, error=str(error))
+        except Exception as error:  # noqa: BLE001 - e.g. the executor shut down: still gone
+            logger.warning("shedding failed", connection_id=self.connection_id, error=str(error))
+        finally:
+            await self.on_gone(self.connection_id)
 
     def _drop_queue(self) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
         self.queued_bytes = 0
+        self._room.set()
 
     def _take(self, entry: tuple[list[Frame], int]) -> list[Frame]:
         frames, size = entry
         self.queued_bytes -= size
+        if self.queued_bytes <= self.max_queued_bytes // 2:
+            self._room.set()
         return frames
+
+    async def wait_for_room(self) -> None:
+        """Until at most half the bound waits (or the sender closed): a backlog is
+        handed over a page at a time, as the connection takes it, never past the bound."""
+        while not self.closed and self.queued_bytes > self.max_queued_bytes // 2:
+            self._room.clear()
+            await self._room.wait()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

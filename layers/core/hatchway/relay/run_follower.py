@@ -46,6 +46,7 @@ from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
 from .fanout import ConnectionSender
 
 RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+BACKLOG_PAGE = 1000  # frames read from the log at a time for a new subscriber
 LOG_MAX_BACKOFF_S = 2.0
 
 
@@ -365,6 +366,10 @@ class RunFollower:
         if not subscriber.live:
             subscriber.held.extend(frames)
             return
+        self._hand(subscriber, frames)
+
+    def _hand(self, subscriber: Subscriber, frames: list[Frame]) -> None:
+        """Frames past the subscriber's cursor to its sender (unless its token expired)."""
         if subscriber.token_expires_at and time.time() >= subscriber.token_expires_at:
             self._expire(subscriber)
             return
@@ -382,13 +387,27 @@ class RunFollower:
             cursor=subscription.after,
             token_expires_at=subscription.token_expires_at,
         )
-        self.subscribers[subscription.connection_id] = subscriber
-        if self.logged_seq > subscriber.cursor:
-            backlog = await self._io(
-                self._store.read_frames, self.run_id, subscriber.cursor, 100_000
+        connection_id = subscription.connection_id
+        self.subscribers[connection_id] = subscriber
+
+        def still_subscribed() -> bool:  # not unsubscribed, expired or gone meanwhile
+            return self.subscribers.get(connection_id) is subscriber
+
+        # The backlog a page at a time, as the connection takes it (live frames are
+        # held meanwhile): a long run's log never piles up past the sender's bound.
+        while self.logged_seq > subscriber.cursor:
+            before = subscriber.cursor
+            page = await self._io(
+                self._store.read_frames, self.run_id, subscriber.cursor, BACKLOG_PAGE
             )
-            subscriber.live = True
-            self._deliver(subscriber, backlog)
+            if not still_subscribed():
+                return
+            self._hand(subscriber, page)
+            if subscriber.cursor == before or not still_subscribed():
+                break
+            await self._sender_for(connection_id).wait_for_room()
+        if not still_subscribed():
+            return
         subscriber.live = True
         held, subscriber.held = subscriber.held, []
         self._deliver(subscriber, held)

@@ -73,6 +73,9 @@ class Relay:
         self._connections = connections
         self._hatchet = hatchet
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay-io")
+        # Posts apart from the table and the queue: posts stuck on clients that do not
+        # read (up to their timeout) never delay a lease renewal or a log append.
+        self._post_executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay-post")
         self.runs: dict[str, HeldRun] = {}
         self.senders: dict[str, ConnectionSender] = {}
         self.delivered = DeliveryStats()
@@ -156,11 +159,13 @@ class Relay:
             logger.info("run released without a successor", run_id=run_id)
 
     async def _close_senders(self) -> None:
-        await asyncio.gather(*(s.drain(10.0) for s in self.senders.values()))
-        for sender in self.senders.values():
+        senders = list(self.senders.values())  # a 410 meanwhile removes from the map
+        await asyncio.gather(*(s.drain(10.0) for s in senders))
+        for sender in senders:
             self.delivered.add(sender.stats)
             await sender.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._post_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- taking runs -------------------------------------------------------------------
 
@@ -380,24 +385,38 @@ class Relay:
                 )
                 if key in self._seen:
                     continue
-                self._seen[key] = now
                 held = self.runs.get(subscription.run_id)
                 if held is None:
+                    self._seen[key] = now
                     continue
-                if subscription.removed:
-                    await held.follower.unsubscribe(subscription.connection_id)
-                else:
-                    await held.follower.add_subscriber(subscription)
+                try:
+                    if subscription.removed:
+                        await held.follower.unsubscribe(subscription.connection_id)
+                    else:
+                        await held.follower.add_subscriber(subscription)
+                except Exception as error:  # noqa: BLE001 - not seen yet: the next poll retries it
+                    logger.warning(
+                        "adding a subscriber failed; retrying",
+                        run_id=subscription.run_id,
+                        connection_id=subscription.connection_id,
+                        error=str(error),
+                    )
+                    held.follower.remove_subscriber(subscription.connection_id)
+                    continue
+                self._seen[key] = now
             self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
             self._seen = {k: t for k, t in self._seen.items() if now - t < 60}
 
     def _sender(self, connection_id: str) -> ConnectionSender:
         sender = self.senders.get(connection_id)
-        if sender is None or sender.closed:
+        # A closed sender stays until its connection is reported gone (410, or shed
+        # and disconnected): frames for it are dropped, never sent by a new sender
+        # after its too_slow. The connection resumes with after on a new id.
+        if sender is None:
             sender = ConnectionSender(
                 connection_id,
                 self._connections,
-                self._executor,
+                self._post_executor,
                 on_gone=self._connection_gone,
                 payloads=self._payloads,
                 max_queued_bytes=self.settings.send_queue_bytes,
@@ -414,6 +433,7 @@ class Relay:
         sender = self.senders.pop(connection_id, None)
         if sender is not None:
             self.delivered.add(sender.stats)
+            await sender.close()
         with contextlib.suppress(Exception):
             await self._io(self._store.drop_connection, connection_id)
         logger.info("connection gone", connection_id=connection_id)
