@@ -66,11 +66,12 @@ lock-layers: install ## rewrite the layers' requirements files from constraints.
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build
 
-bench: install ## print benchmark figures (cold starts and sizes vs the previous layout; cold connect; emulator startup; large payloads)
+bench: install ## print benchmark figures (cold starts and sizes vs the previous layout; cold connect; emulator startup; large payloads; floods and non-readers)
 	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/cold_connect.py
 	$(BIN)/python benchmarks/emulator_startup.py
 	$(BIN)/python benchmarks/payloads.py
+	$(BIN)/python benchmarks/flood.py
 
 # --- The template: cfn-lint, `sam validate --lint` and `sam build` (no Docker) ---------
 # aws-sam-cli pins boto3/botocore apart from ours: it lives in its own venv, pinned by

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
@@ -582,3 +583,43 @@ async def test_idle_connections_are_closed_and_disconnect_runs() -> None:
                 for e in invocations_of(short_idle, "DisconnectFunction")
             )
         )
+
+
+async def test_a_client_that_does_not_read_gets_posts_refused_429_until_it_reads(
+    gateway: ApiGatewayEmulator,
+) -> None:
+    """As on AWS, a slow consumer's buffer fills: posts to it answer 429
+    LimitExceededException (never hang), and succeed again once it has read."""
+    before = set(gateway.connections)
+    host, port = gateway.websocket_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    tiny = socket.socket()  # a few KB of receive buffer: TCP pushes back at once
+    tiny.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await asyncio.to_thread(tiny.connect, (host, int(port)))
+    client = await connect(
+        f"{gateway.websocket_url}?token=allow-ana",
+        max_size=None,
+        max_queue=1,
+        ping_interval=None,  # it must not close itself for want of pongs it cannot read
+        sock=tiny,
+    )
+    connection_id = await connection_id_of(gateway, before)
+    client.transport.pause_reading()  # it stops reading
+    api = management(gateway)
+    chunk = b"z" * (120 * 1024)
+    try:
+        refused = None
+        for posted in range(1, 400):  # noqa: B007 - reported below; at most ~47 MB
+            try:
+                await asyncio.to_thread(
+                    api.post_to_connection, ConnectionId=connection_id, Data=chunk
+                )
+            except ClientError as error:
+                refused = error.response["Error"]["Code"]
+                break
+        assert refused == "LimitExceededException", f"{posted} posts all accepted"
+        client.transport.resume_reading()  # now it reads
+        while gateway.connections[connection_id].buffered_bytes() > 0:
+            await asyncio.wait_for(client.recv(), 10)
+        await asyncio.to_thread(api.post_to_connection, ConnectionId=connection_id, Data=b"again")
+    finally:
+        await client.close()

@@ -69,6 +69,10 @@ MANAGEMENT_ENV = "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"
 CONTROL_PREFIX = "/_emulator"
 LIFECYCLE_ROUTES = frozenset({"$connect", "$disconnect"})  # never selected by a message
 UNSUPPORTED_DATA = 1003  # how API Gateway closes a connection that sent a binary frame
+# A client that does not read: once the kernel's buffers toward it are full and
+# data waits in ours, a POST to it gets 429 LimitExceededException, as on AWS (a
+# slow consumer's buffer is full), instead of waiting for the client.
+CLIENT_BUFFER_BYTES = 0
 
 
 def local_credentials(*environments: Mapping[str, str]) -> dict[str, str]:
@@ -117,6 +121,13 @@ class Connection:
     throttled_until: float = 0.0  # monotonic: every POST to it gets 429 until then
     closing: tuple[int, str] | None = None  # set when the gateway closes it
     notify_disconnect: bool = True  # False: the fault "$disconnect never arrived"
+    transport: asyncio.BaseTransport | None = None  # the client's TCP connection
+
+    def buffered_bytes(self) -> int:
+        """What is written to the client and not yet taken by its TCP connection."""
+        if isinstance(self.transport, asyncio.WriteTransport):
+            return self.transport.get_write_buffer_size()
+        return 0
 
     @property
     def connection_id(self) -> str:
@@ -454,7 +465,11 @@ class ApiGatewayEmulator:
         return None
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, autoping=True)
+        # No permessage-deflate: API Gateway negotiates no extension, so bytes on the
+        # wire (and a slow consumer's backlog) are what they would be on AWS.
+        socket = web.WebSocketResponse(
+            max_msg_size=MAX_MESSAGE_BYTES, autoping=True, compress=False
+        )
         if not socket.can_prepare(request).ok:
             return web.json_response({"message": "Upgrade Required"}, status=426)
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -469,7 +484,7 @@ class ApiGatewayEmulator:
         if refusal is not None:
             return refusal
         await socket.prepare(request)
-        connection = Connection(info=info, socket=socket)
+        connection = Connection(info=info, socket=socket, transport=request.transport)
         self.connections[info.connection_id] = connection
         watchdog = self._spawn(self._watch(connection))
         try:
@@ -610,6 +625,8 @@ class ApiGatewayEmulator:
         if isinstance(found, web.Response):
             return found
         if self.faults.throttled() or time.monotonic() < found.throttled_until:
+            return _aws_error(429, "LimitExceededException", "Rate exceeded")
+        if found.buffered_bytes() > CLIENT_BUFFER_BYTES:  # the client does not read
             return _aws_error(429, "LimitExceededException", "Rate exceeded")
         data = await request.read()
         if len(data) > MAX_MESSAGE_BYTES:

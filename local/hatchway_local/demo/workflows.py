@@ -19,6 +19,7 @@ from the environment, which the caller sets first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import random
@@ -73,7 +74,7 @@ class BigChunkInput(BaseModel):
 class TicksInput(BaseModel):
     count: int = Field(default=100, ge=1, le=100_000)
     rate_per_second: float = Field(default=20.0, gt=0, le=1000)
-    pad_bytes: int = Field(default=0, ge=0, le=64 * 1024)  # makes each chunk this much larger
+    pad_bytes: int = Field(default=0, ge=0, le=64 * 1024)  # random text making each chunk larger
     start_delay_seconds: float = Field(default=1.0, ge=0, le=60)
 
 
@@ -161,9 +162,11 @@ def build_demo_workflows(hatchet: Hatchet, payloads: Payloads) -> list[BaseWorkf
     @hatchet.task(name="demo-ticks", input_validator=TicksInput)
     async def demo_ticks(input: TicksInput, ctx: Context) -> dict[str, int]:  # noqa: A002
         await asyncio.sleep(input.start_delay_seconds)
-        pad = "x" * input.pad_bytes
+        noise = random.Random(input.count)  # noqa: S311 - filler, not secrets
         started = time.monotonic()
         for number in range(input.count):
+            # Random text: the bytes cost what they say, however a link compresses.
+            pad = base64.b64encode(noise.randbytes(input.pad_bytes * 3 // 4)).decode()
             tick = {"n": number, "sentAt": time.time() * 1000, "pad": pad}
             await ctx.aio_put_stream(json.dumps(tick, separators=(",", ":")))
             # On a schedule, not after a fixed pause: a slow put does not slow the rate.
