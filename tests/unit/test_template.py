@@ -354,7 +354,9 @@ def test_the_allow_list_has_no_default() -> None:
     assert "AllowedWorkflows" not in overrides
     local = TemplateReader(TEMPLATE_PATH, dict(LOCAL_PARAMETERS)).api()
     trigger = local.functions["TriggerFunction"].environment
-    assert trigger["ALLOWED_WORKFLOWS"] == "demo-stream,demo-fail,demo-file,demo-big-chunk,demo-ticks"
+    assert (
+        trigger["ALLOWED_WORKFLOWS"] == "demo-stream,demo-fail,demo-file,demo-big-chunk,demo-ticks"
+    )
     assert trigger["HATCHET_CLIENT_TOKEN_SECRET_ARN"] == ""  # locally: HATCHET_CLIENT_TOKEN
 
 
