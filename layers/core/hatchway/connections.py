@@ -60,7 +60,7 @@ class Connections:
         try:
             self._client.delete_connection(ConnectionId=connection_id)
         except ClientError as error:
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            status = _status(error)
             if status != 410:
                 raise DeliveryError(f"{connection_id}: close failed ({status})") from error
         except BotoCoreError as error:
@@ -73,10 +73,14 @@ class Connections:
             )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            status = _status(error)
             kind = _ERRORS.get(code) or {410: StaleConnectionError, 429: ThrottledError}.get(
                 status, UnavailableError if status >= 500 else DeliveryError
             )
             raise kind(f"{connection_id}: {code or status}") from error
         except BotoCoreError as error:  # no answer at all (connection refused, timeout)
             raise UnavailableError(f"{connection_id}: {error}") from error
+
+
+def _status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)

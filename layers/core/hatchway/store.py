@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -104,6 +105,17 @@ class Subscription:
             created_at=_int(item.get("createdAt")),
             removed=bool(item.get("removed")),
         )
+
+
+def _unless_condition_failed(write: Callable[..., Any], **request: Any) -> bool:  # noqa: ANN401
+    """A conditional write; False when its condition failed (any other error raises)."""
+    try:
+        write(**request)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
 
 
 _CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"})
@@ -292,43 +304,29 @@ class Store:
         return RunRecord.from_item(item)
 
     def renew_lease(self, run_id: str, owner: str, lease_s: float) -> bool:
-        try:
-            self._table.update_item(
-                Key={"pk": _run_pk(run_id), "sk": "META"},
-                UpdateExpression="SET leaseExpiresAt = :expires",
-                ConditionExpression="leaseOwner = :owner",
-                ExpressionAttributeValues={
-                    ":owner": owner,
-                    ":expires": self._now_ms() + int(lease_s * 1000),
-                },
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._update_if(
+            run_id,
+            UpdateExpression="SET leaseExpiresAt = :expires",
+            ConditionExpression="leaseOwner = :owner",
+            ExpressionAttributeValues={
+                ":owner": owner,
+                ":expires": self._now_ms() + int(lease_s * 1000),
+            },
+        )
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        try:
-            self._table.update_item(
-                Key={"pk": _run_pk(run_id), "sk": "META"},
-                UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, handoverFrom, successor",
-                ConditionExpression="leaseOwner = :owner",
-                ExpressionAttributeValues={":owner": owner},
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        self._update_if(
+            run_id,
+            UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, handoverFrom, successor",
+            ConditionExpression="leaseOwner = :owner",
+            ExpressionAttributeValues={":owner": owner},
+        )
 
     def _update_if(self, run_id: str, **update: Any) -> bool:  # noqa: ANN401
         """A conditional update of the run's META; False when the condition failed."""
-        try:
-            self._table.update_item(Key={"pk": _run_pk(run_id), "sk": "META"}, **update)
-        except ClientError as error:
-            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return _unless_condition_failed(
+            self._table.update_item, Key={"pk": _run_pk(run_id), "sk": "META"}, **update
+        )
 
     def offer_handover(self, run_id: str, owner: str) -> bool:
         """The holder, stopping, offers its run to a successor."""
@@ -404,17 +402,14 @@ class Store:
 
     def advance_subscription(self, run_id: str, connection_id: str, after: int) -> None:
         """Record what a subscriber has been sent, so the run's next relay goes on from there."""
-        try:
-            self._table.update_item(
-                Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
-                UpdateExpression="SET #after = :after",
-                ConditionExpression="attribute_exists(pk) AND #after < :after",
-                ExpressionAttributeNames={"#after": "after"},
-                ExpressionAttributeValues={":after": after},
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        _unless_condition_failed(
+            self._table.update_item,
+            Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+            UpdateExpression="SET #after = :after",
+            ConditionExpression="attribute_exists(pk) AND #after < :after",
+            ExpressionAttributeNames={"#after": "after"},
+            ExpressionAttributeValues={":after": after},
+        )
 
     def remove_subscription(self, run_id: str, connection_id: str, owner: str) -> bool:
         """Unsubscribe from a run that ``owner`` (a relay) holds: the item becomes a
@@ -422,38 +417,30 @@ class Store:
         relay drops the subscriber, says ``unsubscribed`` after the frames it sent,
         then deletes the tombstone (``forget_subscription``). False if none existed."""
         now = self._now_ms()
-        try:
-            self._table.update_item(
-                Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
-                UpdateExpression=(
-                    "SET removed = :true, #owner = :owner, gsi2sk = :sk, expiresAt = :expires"
-                ),
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={
-                    ":true": True,
-                    ":owner": owner,
-                    ":sk": f"{now:015d}#{run_id}#{connection_id}",
-                    ":expires": int(time.time()) + TOMBSTONE_TTL_S,
-                },
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return _unless_condition_failed(
+            self._table.update_item,
+            Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+            UpdateExpression=(
+                "SET removed = :true, #owner = :owner, gsi2sk = :sk, expiresAt = :expires"
+            ),
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={
+                ":true": True,
+                ":owner": owner,
+                ":sk": f"{now:015d}#{run_id}#{connection_id}",
+                ":expires": int(time.time()) + TOMBSTONE_TTL_S,
+            },
+        )
 
     def forget_subscription(self, run_id: str, connection_id: str) -> None:
         """Delete an unsubscribed tombstone (never a subscription made again since)."""
-        try:
-            self._table.delete_item(
-                Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
-                ConditionExpression="removed = :true",
-                ExpressionAttributeValues={":true": True},
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        _unless_condition_failed(
+            self._table.delete_item,
+            Key={"pk": _run_pk(run_id), "sk": f"SUB#{connection_id}"},
+            ConditionExpression="removed = :true",
+            ExpressionAttributeValues={":true": True},
+        )
 
     def delete_subscription(self, run_id: str, connection_id: str) -> bool:
         deleted = self._table.delete_item(

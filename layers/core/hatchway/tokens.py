@@ -141,9 +141,3 @@ def key_source(plain_key: str, secret_arn: str) -> str | KeySource:
     if not secret_arn:
         raise ValueError("set TOKEN_SIGNING_KEY or TOKEN_SECRET_ARN")
     return secret_key_ring(secret_arn)
-
-
-def signing_key(plain_key: str, secret_arn: str) -> str:
-    """The key that signs, read now (:func:`key_source` follows rotations)."""
-    source = key_source(plain_key, secret_arn)
-    return source if isinstance(source, str) else source().signing

@@ -230,8 +230,9 @@ def _hatchet_refused(workflow: str, error: UpstreamUnavailableError) -> Protocol
     its rate and resource limits are 429; the rest (our token or namespace refused,
     an engine fault) is this deployment's 500."""
     cause = error.__cause__
-    code = cause.code() if isinstance(cause, grpc.aio.AioRpcError) else None
-    details = (cause.details() or "")[:500] if isinstance(cause, grpc.aio.AioRpcError) else ""
+    code, details = None, ""
+    if isinstance(cause, grpc.aio.AioRpcError):
+        code, details = cause.code(), (cause.details() or "")[:500]
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
         return ProtocolError(ErrorCode.BAD_REQUEST, f"Hatchet refused the run: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -308,13 +309,14 @@ def create_app(
         code = _HTTP_ERROR_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
         return _error(code, str(error.detail), headers=error.headers)
 
-    def authorize(run_id: str, authorization: str | None) -> None:
+    async def authorize(run_id: str, authorization: str | None) -> None:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED, "Authorization: Bearer <run token> is required"
             )
-        tokens.verify(token, run_id)
+        # Off the loop: now and then the key ring is re-read from Secrets Manager.
+        await asyncio.to_thread(tokens.verify, token, run_id)
 
     async def existing_run(run_id: str) -> RunRecord:
         run = await asyncio.to_thread(store.get_run, run_id)
@@ -340,8 +342,7 @@ def create_app(
         # authorizer) may start runs: never the open $default catch-all, whatever
         # path variant reached FastAPI through it.
         event = http.scope.get("aws.event")
-        route = (event or {}).get("requestContext", {}).get("routeKey") if event else None
-        if event is not None and route != START_ROUTE_KEY:
+        if event is not None and event.get("requestContext", {}).get("routeKey") != START_ROUTE_KEY:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"runs are started through {START_ROUTE_KEY} only"
             )
@@ -359,7 +360,7 @@ def create_app(
             raise _hatchet_refused(request.workflow, error) from None
         run = await asyncio.to_thread(store.create_run, run_id, request.workflow)
         await asyncio.to_thread(queue.enqueue, run_id)
-        token = tokens.mint(run_id)
+        token = await asyncio.to_thread(tokens.mint, run_id)
         logger.info("run started", run_id=run_id, workflow=request.workflow)
         return {
             "runId": run_id,
@@ -372,7 +373,7 @@ def create_app(
 
     @app.get("/runs/{runId}", response_model=RunView, responses=_errors(*_AUTH, *_ANY))
     async def get_run(run_id: RunId, authorization: Authorization = None) -> dict[str, Any]:
-        authorize(run_id, authorization)
+        await authorize(run_id, authorization)
         return _run_view(await existing_run(run_id))
 
     @app.get(
@@ -386,7 +387,7 @@ def create_app(
         after: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 500,
     ) -> dict[str, Any]:
-        authorize(run_id, authorization)
+        await authorize(run_id, authorization)
         await existing_run(run_id)
         frames = await asyncio.to_thread(store.read_frames, run_id, after, limit)
         return {

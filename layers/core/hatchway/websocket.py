@@ -46,6 +46,11 @@ def _lease_holder(run: RunRecord) -> str | None:
     return None
 
 
+def _live_holder(run: RunRecord | None) -> str | None:
+    """The relay following a run that is not over, if any."""
+    return _lease_holder(run) if run is not None and not run.final else None
+
+
 class ConnectionLifecycle:
     """``$connect`` (after the authorizer) and ``$disconnect``: connection items."""
 
@@ -135,19 +140,17 @@ class WebSocketApi:
             logger.warning("could not answer", connection_id=connection_id, error=str(error))
         except Exception:  # noqa: BLE001 - a failure of ours (the table, the key) still answers
             logger.exception("message failed", connection_id=connection_id)
-            try:
-                self._post(
-                    connection_id,
-                    [
-                        error_frame(
-                            ErrorCode.INTERNAL, "the message could not be handled; try again"
-                        )
-                    ],
-                    attempts=1,
-                )
-            except DeliveryError as error:
-                logger.warning("could not answer", connection_id=connection_id, error=str(error))
+            self._tell(
+                connection_id, ErrorCode.INTERNAL, "the message could not be handled; try again"
+            )
         return {"statusCode": 200}
+
+    def _tell(self, connection_id: str, code: ErrorCode, message: str) -> None:
+        """One error frame, one try: a client that cannot hear it is only logged."""
+        try:
+            self._post(connection_id, [error_frame(code, message)], attempts=1)
+        except DeliveryError as error:
+            logger.warning("could not answer", connection_id=connection_id, error=str(error))
 
     def _admitted(self, connection_id: str) -> bool:
         """Flood control: over its rate, a message is dropped, and the client is told
@@ -158,21 +161,12 @@ class WebSocketApi:
             return True
         if admission is Admission.REFUSE_AND_TELL:
             logger.warning("connection rate limited", connection_id=connection_id)
-            try:
-                self._post(
-                    connection_id,
-                    [
-                        error_frame(
-                            ErrorCode.RATE_LIMITED,
-                            f"over {self.limiter.rate:g} messages a second (burst"
-                            f" {self.limiter.burst}): messages are dropped until the rate"
-                            " falls",
-                        )
-                    ],
-                    attempts=1,
-                )
-            except DeliveryError as error:
-                logger.warning("could not answer", connection_id=connection_id, error=str(error))
+            self._tell(
+                connection_id,
+                ErrorCode.RATE_LIMITED,
+                f"over {self.limiter.rate:g} messages a second (burst {self.limiter.burst}):"
+                " messages are dropped until the rate falls",
+            )
         return False
 
     def _subscribe(self, connection_id: str, request: SubscribeMessage) -> None:
@@ -202,12 +196,10 @@ class WebSocketApi:
         """A live run's relay must stop at once: it is told through the table (a
         tombstone its poll finds) and answers ``unsubscribed`` itself, after the
         frames it had sent, so none follows. Otherwise the answer is ours, now."""
-        run = self.store.get_run(run_id)
-        holder = _lease_holder(run) if run is not None and not run.final else None
+        holder = _live_holder(self.store.get_run(run_id))
         if holder is not None and self.store.remove_subscription(run_id, connection_id, holder):
             # As for subscribe: the run may have changed hands meanwhile (a handover).
-            now = self.store.get_run(run_id)
-            current = _lease_holder(now) if now is not None and not now.final else None
+            current = _live_holder(self.store.get_run(run_id))
             if current == holder:
                 return
             if current is not None and self.store.remove_subscription(

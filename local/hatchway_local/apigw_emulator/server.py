@@ -624,9 +624,11 @@ class ApiGatewayEmulator:
         found = await self._connection_or_gone(request)
         if isinstance(found, web.Response):
             return found
-        if self.faults.throttled() or time.monotonic() < found.throttled_until:
-            return _aws_error(429, "LimitExceededException", "Rate exceeded")
-        if found.buffered_bytes() > CLIENT_BUFFER_BYTES:  # the client does not read
+        if (
+            self.faults.throttled()
+            or time.monotonic() < found.throttled_until
+            or found.buffered_bytes() > CLIENT_BUFFER_BYTES  # the client does not read
+        ):
             return _aws_error(429, "LimitExceededException", "Rate exceeded")
         data = await request.read()
         if len(data) > MAX_MESSAGE_BYTES:

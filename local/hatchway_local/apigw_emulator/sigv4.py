@@ -62,7 +62,7 @@ class _Authorization:
     region: str
     service: str
     terminal: str
-    signed_headers: list[str]
+    signed_headers: list[str]  # lowercase, as SigV4 canonicalises them
     signature: str
 
 
@@ -92,7 +92,7 @@ def _parse(header: str) -> _Authorization | Refusal:
         region=region,
         service=service,
         terminal=terminal,
-        signed_headers=fields["SignedHeaders"].split(";"),
+        signed_headers=[name.lower() for name in fields["SignedHeaders"].split(";")],
         signature=fields["Signature"],
     )
 
@@ -141,7 +141,7 @@ class SigV4Verifier:
 
         # The request as the caller signed it: its signed headers only, as sent.
         request = AWSRequest(method=method, url=url, data=body)
-        signed = [name.lower() for name in parsed.signed_headers]
+        signed = parsed.signed_headers
         for name in signed:
             values = headers.getall(name, [])
             if not values:
@@ -168,7 +168,7 @@ class SigV4Verifier:
             return _invalid(
                 f"Credential should be scoped to a valid region, not '{parsed.region}'. "
             )
-        signed = {name.lower() for name in parsed.signed_headers}
+        signed = set(parsed.signed_headers)
         if not {"host", "x-amz-date"} <= signed:
             return _incomplete("'Host' and 'X-Amz-Date' must be signed headers.")
         try:

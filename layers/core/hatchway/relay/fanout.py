@@ -20,7 +20,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from hatchway.connections import (
     Connections,
@@ -53,17 +53,8 @@ class DeliveryStats:
     shed: int = 0  # connections disconnected because they could not keep up
 
     def add(self, other: DeliveryStats) -> None:
-        for name in (
-            "posts",
-            "frames",
-            "bytes",
-            "throttled",
-            "gone",
-            "failed",
-            "unavailable",
-            "shed",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for counter in fields(self):
+            setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))
 
 
 @dataclass
