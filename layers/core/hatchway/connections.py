@@ -1,5 +1,8 @@
-"""The API Gateway management API adapter: post to a connection, with the SDK's
-errors turned into the project's own (410 -> StaleConnectionError, ...)."""
+"""The API Gateway management API adapter: post to a connection, with the errors
+turned into the project's own (410 -> StaleConnectionError, ...).
+This is the blocking client, for the Lambda functions (a message or two per
+invocation); the relay's hot path has its own (``hatchway.relay.management_api``).
+"""
 
 from __future__ import annotations
 
@@ -74,12 +77,15 @@ class Connections:
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             status = _status(error)
-            kind = _ERRORS.get(code) or {410: StaleConnectionError, 429: ThrottledError}.get(
-                status, UnavailableError if status >= 500 else DeliveryError
-            )
-            raise kind(f"{connection_id}: {code or status}") from error
+            raise error_for(status, code)(f"{connection_id}: {code or status}") from error
         except BotoCoreError as error:  # no answer at all (connection refused, timeout)
             raise UnavailableError(f"{connection_id}: {error}") from error
+
+
+def error_for(status: int, code: str) -> type[DeliveryError]:
+    return _ERRORS.get(code) or {410: StaleConnectionError, 429: ThrottledError}.get(
+        status, UnavailableError if status >= 500 else DeliveryError
+    )
 
 
 def _status(error: ClientError) -> int:

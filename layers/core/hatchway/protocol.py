@@ -210,8 +210,13 @@ def status_frame(
     return frame
 
 
-def gap_frame(run_id: str, seq: int, reason: str) -> Frame:
-    return {"type": "gap", "runId": run_id, "seq": seq, "reason": reason}
+def gap_frame(run_id: str, seq: int, reason: str, skipped: tuple[int, int] | None = None) -> Frame:
+    """``skipped``: the seqs ``(first, last)`` just before this one that no frame in
+    the log carries (a relay died before logging frames it may have sent live)."""
+    frame: Frame = {"type": "gap", "runId": run_id, "seq": seq, "reason": reason}
+    if skipped is not None:
+        frame["skipped"] = list(skipped)
+    return frame
 
 
 def subscribed_frame(run_id: str, status: str, last_seq: int) -> Frame:

@@ -50,6 +50,22 @@ class RunQueue:
             QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=visibility_s
         )
 
+    def extend_many(self, receipt_handles: list[str], visibility_s: int) -> list[str]:
+        """Keep many messages invisible, ten to a call (SQS's batch size); the
+        receipts that failed (e.g. a message deleted meanwhile), for the caller to log."""
+        failed: list[str] = []
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            response = self._client.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": visibility_s}
+                    for i, r in enumerate(chunk)
+                ],
+            )
+            failed.extend(chunk[int(entry["Id"])] for entry in response.get("Failed") or [])
+        return failed
+
     def release(self, receipt_handle: str) -> None:
         """Make the message visible again at once: another relay takes the run."""
         self.extend(receipt_handle, 0)

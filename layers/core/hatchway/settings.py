@@ -210,7 +210,16 @@ class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings):
     run_queue_url: str = Field(min_length=1, alias="RUN_QUEUE_URL")
     relay_id: str = Field(default="", alias="RELAY_ID")  # default: host name and pid
     lease_seconds: float = Field(default=30.0, gt=0, alias="RELAY_LEASE_SECONDS")
-    coalesce_ms: float = Field(default=25.0, ge=0, alias="RELAY_COALESCE_MS")
+    # A busy connection gets at most one message per window (the first after a quiet
+    # spell goes at once): API Gateway bills per message. docs/performance.md.
+    coalesce_ms: float = Field(default=100.0, ge=0, alias="RELAY_COALESCE_MS")
+    # Group commits of the frame log: one item per window or per this many bytes
+    # (the final status at once). A relay that dies loses at most this window from
+    # the log (frames it sent live are then marked by a gap), never more.
+    log_commit_ms: float = Field(default=250.0, ge=0, alias="RELAY_LOG_COMMIT_MS")
+    log_commit_bytes: int = Field(default=64 * 1024, ge=1024, alias="RELAY_LOG_COMMIT_BYTES")
+    # Seqs reserved in the run's META at a time (one write per block).
+    seq_block: int = Field(default=256, ge=1, alias="RELAY_SEQ_BLOCK")
     poll_ms: float = Field(default=100.0, gt=0, alias="RELAY_POLL_MS")
     max_runs: int = Field(default=500, ge=1, alias="RELAY_MAX_RUNS")
     queue_wait_seconds: int = Field(default=20, ge=0, le=20, alias="RELAY_QUEUE_WAIT_SECONDS")

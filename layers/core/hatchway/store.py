@@ -2,22 +2,29 @@
 
 One table; the items are in docs/design.md. Every item carries ``expiresAt``
 (DynamoDB TTL deletes within about two days, so reads filter expired items
-where it matters). The frame log is written only through ``append_frames``, a
-transaction that also moves the run's ``lastSeq`` on condition that the writer
-still holds the lease and saw the last ``lastSeq``: two relays can never write
-the same ``seq``.
+where it matters).
+
+The frame log is written only through ``append_frames``: one conditional PutItem
+per group commit, fenced on the item's own key (two writers of the same seq
+collide there), its frames compressed. The run's META is not written with it:
+a relay reserves blocks of seqs ahead in META (``reservedSeq``, under its
+lease), so no two relays ever sequence the same seq, and ``lastSeq`` and
+``status`` in META are moved lazily (with a reservation, a status change, the
+end). The log's own last item is the truth about how far it goes (``log_tail``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import boto3
+from boto3.dynamodb.types import Binary
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -61,6 +68,9 @@ class RunRecord:
     # already subscribed to Hatchet claims it, the holder hands the lease over.
     handover_from: str | None = None
     successor: str | None = None
+    # The highest seq a holder may have sequenced (and sent live) without logging it:
+    # the next holder starts after it, so no seq ever names two different frames.
+    reserved_seq: int = 0
 
     @property
     def final(self) -> bool:
@@ -83,7 +93,35 @@ class RunRecord:
             stream_indexes={k: _int(v) for k, v in (item.get("streamIndexes") or {}).items()},
             handover_from=item.get("handoverFrom"),
             successor=item.get("successor"),
+            reserved_seq=_int(item.get("reservedSeq")),
         )
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """Where a run's frame log ends: its last seq, the Hatchet stream indexes that
+    item covers, and the final status frame if the log holds the run's end."""
+
+    last_seq: int = 0
+    stream_indexes: dict[str, int] | None = None
+    final: Frame | None = None
+
+
+def encode_frames(frames: list[Frame]) -> bytes:
+    """A log item's frames: JSON without the ``runId`` (the item's key says it),
+    zlib-compressed. DynamoDB bills writes per KB, and frames repeat their keys."""
+    stripped = [{k: v for k, v in frame.items() if k != "runId"} for frame in frames]
+    return zlib.compress(json.dumps(stripped, separators=(",", ":")).encode(), 6)
+
+
+def decode_frames(run_id: str, stored: Any) -> list[Frame]:  # noqa: ANN401 - str or Binary
+    """A log item's ``frames`` attribute as frames (also items written as plain JSON
+    before the log was compressed)."""
+    if isinstance(stored, str):
+        frames: list[Frame] = json.loads(stored)
+        return frames
+    raw = stored.value if isinstance(stored, Binary) else bytes(stored)
+    return [{"runId": run_id, **frame} for frame in json.loads(zlib.decompress(raw))]
 
 
 @dataclass(frozen=True)
@@ -178,67 +216,95 @@ class Store:
         owner: str,
         stream_indexes: dict[str, int] | None = None,
     ) -> None:
-        """Append frames ``expected+1..`` as one item, fenced by the lease.
+        """Append frames ``first..last`` as one item (a group commit), on condition
+        that no item holds that first seq yet: LeaseLostError otherwise.
 
-        ``frames`` must continue the run's sequence exactly (the caller holds the
-        lease and knows ``lastSeq``). Returns the run as it now is.
-        """
+        Only the run's lease holder sequences frames, and only up to the seqs it
+        reserved (``update_run``), so the condition fails only for a retry of a
+        write that landed (``frames_item_writer`` tells) or for a bug. META is not
+        touched: it is moved lazily by the holder."""
         first, last = int(frames[0]["seq"]), int(frames[-1]["seq"])
-        status = next((f["status"] for f in reversed(frames) if f["type"] == "status"), None)
-        now = self._now_ms()
-        names = {"#last": "lastSeq", "#owner": "leaseOwner", "#updated": "updatedAt"}
-        values: dict[str, Any] = {
-            ":last": last,
-            ":expected": first - 1,
-            ":owner": owner,
-            ":now": now,
+        item: dict[str, Any] = {
+            "pk": _run_pk(run_id),
+            "sk": _frames_sk(first),
+            "frames": encode_frames(frames),
+            "lastSeq": last,
+            "writer": owner,  # who held the lease: one per run at a time
+            "expiresAt": self._expires(),
         }
+        if stream_indexes:
+            item["streamIndexes"] = stream_indexes  # what a successor drops as logged
+        if not _unless_condition_failed(
+            self._table.put_item, Item=item, ConditionExpression="attribute_not_exists(pk)"
+        ):
+            raise LeaseLostError(f"run {run_id}: seq {first} is logged already")
+
+    def frames_item_writer(self, run_id: str, first_seq: int) -> tuple[str, int] | None:
+        """Who wrote the log item starting at ``first_seq``, and its last seq."""
+        item = self._table.get_item(
+            Key={"pk": _run_pk(run_id), "sk": _frames_sk(first_seq)},
+            ConsistentRead=True,
+            ProjectionExpression="writer, lastSeq",
+        ).get("Item")
+        return (str(item.get("writer")), _int(item.get("lastSeq"))) if item else None
+
+    def log_tail(self, run_id: str) -> LogTail:
+        """The log's last item, read once by a relay that takes the run."""
+        items = (
+            self._table.query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :frames)",
+                ExpressionAttributeValues={":pk": _run_pk(run_id), ":frames": "F#"},
+                ScanIndexForward=False,
+                Limit=1,
+                ConsistentRead=True,
+            ).get("Items")
+            or []
+        )
+        if not items:
+            return LogTail()
+        item = items[0]
+        frames = decode_frames(run_id, item["frames"])
+        indexes = item.get("streamIndexes")
+        return LogTail(
+            last_seq=_int(item.get("lastSeq")),
+            stream_indexes={k: _int(v) for k, v in indexes.items()} if indexes else None,
+            final=next((f for f in frames if is_final(f)), None),
+        )
+
+    def update_run(
+        self,
+        run_id: str,
+        owner: str,
+        *,
+        last_seq: int,
+        reserved_seq: int | None = None,
+        status: str | None = None,
+    ) -> bool:
+        """The holder moves META lazily: how far the log goes (``lastSeq``), the seqs
+        it may sequence next (``reservedSeq``, never lowered here), the run's status
+        (with its retention from the end). False when the lease is not ``owner``'s."""
+        names = {"#last": "lastSeq", "#updated": "updatedAt"}
+        values: dict[str, Any] = {":owner": owner, ":last": last_seq, ":now": self._now_ms()}
         update = "SET #last = :last, #updated = :now"
+        if reserved_seq is not None:
+            names["#reserved"] = "reservedSeq"
+            values[":reserved"] = reserved_seq
+            update += ", #reserved = :reserved"
         if status is not None:
             names["#status"] = "status"
             values[":status"] = status
             update += ", #status = :status"
-        if stream_indexes:
-            names["#indexes"] = "streamIndexes"
-            values[":indexes"] = stream_indexes
-            update += ", #indexes = :indexes"
-        if any(is_final(f) for f in frames):
-            names["#expires"] = "expiresAt"
-            values[":expires"] = self._expires()
-            update += ", #expires = :expires"
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": {
-                                "pk": _run_pk(run_id),
-                                "sk": _frames_sk(first),
-                                "frames": json.dumps(frames, separators=(",", ":")),
-                                "lastSeq": last,
-                                "writer": owner,  # who held the lease: one per run at a time
-                                "expiresAt": self._expires(),
-                            },
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": {"pk": _run_pk(run_id), "sk": "META"},
-                            "UpdateExpression": update,
-                            "ConditionExpression": "#owner = :owner AND #last = :expected",
-                            "ExpressionAttributeNames": names,
-                            "ExpressionAttributeValues": values,
-                        }
-                    },
-                ]
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] == "TransactionCanceledException":
-                raise LeaseLostError(f"run {run_id}: lease lost or sequence moved") from error
-            raise
+            if status in FINAL_STATUSES:
+                names["#expires"] = "expiresAt"
+                values[":expires"] = self._expires()
+                update += ", #expires = :expires"
+        return self._update_if(
+            run_id,
+            UpdateExpression=update,
+            ConditionExpression="leaseOwner = :owner",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
 
     def read_frames(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Frame]:
         """The retained frames with ``seq > after``, in order, at most ``limit``."""
@@ -268,7 +334,9 @@ class Store:
         while len(frames) < limit:
             page = self._table.query(**query)
             for item in page.get("Items") or []:
-                frames.extend(f for f in json.loads(item["frames"]) if int(f["seq"]) > after)
+                frames.extend(
+                    f for f in decode_frames(run_id, item["frames"]) if int(f["seq"]) > after
+                )
             if "LastEvaluatedKey" not in page:
                 break
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -314,12 +382,25 @@ class Store:
             },
         )
 
-    def release_lease(self, run_id: str, owner: str) -> None:
+    def release_lease(self, run_id: str, owner: str, logged_seq: int | None = None) -> None:
+        """Give the lease up. ``logged_seq``: everything the holder sequenced is in the
+        log up to there, so the next holder goes on from it without a gap."""
+        if logged_seq is None:
+            self._update_if(
+                run_id,
+                UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, handoverFrom, successor",
+                ConditionExpression="leaseOwner = :owner",
+                ExpressionAttributeValues={":owner": owner},
+            )
+            return
         self._update_if(
             run_id,
-            UpdateExpression="REMOVE leaseOwner, leaseExpiresAt, handoverFrom, successor",
+            UpdateExpression=(
+                "SET lastSeq = :logged, reservedSeq = :logged"
+                " REMOVE leaseOwner, leaseExpiresAt, handoverFrom, successor"
+            ),
             ConditionExpression="leaseOwner = :owner",
-            ExpressionAttributeValues={":owner": owner},
+            ExpressionAttributeValues={":owner": owner, ":logged": logged_seq},
         )
 
     def _update_if(self, run_id: str, **update: Any) -> bool:  # noqa: ANN401
@@ -349,12 +430,16 @@ class Store:
             ExpressionAttributeValues={":successor": successor},
         )
 
-    def transfer_lease(self, run_id: str, owner: str, successor: str, lease_s: float) -> bool:
-        """The holder, having logged everything it will, gives the lease to its successor."""
+    def transfer_lease(
+        self, run_id: str, owner: str, successor: str, lease_s: float, logged_seq: int
+    ) -> bool:
+        """The holder, having logged everything it sequenced (up to ``logged_seq``),
+        gives the lease to its successor, which goes on from there without a gap."""
         return self._update_if(
             run_id,
             UpdateExpression=(
-                "SET leaseOwner = :successor, leaseExpiresAt = :expires"
+                "SET leaseOwner = :successor, leaseExpiresAt = :expires,"
+                " lastSeq = :logged, reservedSeq = :logged"
                 " REMOVE handoverFrom, successor"
             ),
             ConditionExpression="leaseOwner = :owner AND successor = :successor",
@@ -362,6 +447,7 @@ class Store:
                 ":owner": owner,
                 ":successor": successor,
                 ":expires": self._now_ms() + int(lease_s * 1000),
+                ":logged": logged_seq,
             },
         )
 

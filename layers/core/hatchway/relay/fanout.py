@@ -1,8 +1,12 @@
 """Delivery to one connection: its own queue and sender task, so one slow, gone
 or throttled connection never delays another (websockets' broadcast advice).
 
-Frames queued while a post is in flight go out together in the next post
-(coalescing), packed under the 128 KB message limit. Frames whose payload is in
+Coalescing adapts to the traffic: the first frames after a quiet spell go out at
+once; after that a connection gets at most one message per ``interval_s`` (the
+coalescing window, ``RELAY_COALESCE_MS``), holding every frame that queued up
+meanwhile, packed under the 128 KB message limit. API Gateway bills per message,
+so a busy stream costs a message per window, not one per chunk. Posts go over
+the relay's async management API client, on the event loop. Frames whose payload is in
 S3 get their presigned URL here, as they leave (``hatchway.payloads``). 429 backs off with jitter
 and retries the same message: nothing is lost and order is kept. 410 ends the
 sender and reports the connection gone, exactly that one.
@@ -21,9 +25,9 @@ import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, fields
+from typing import Protocol
 
 from hatchway.connections import (
-    Connections,
     DeliveryError,
     StaleConnectionError,
     ThrottledError,
@@ -37,6 +41,14 @@ MAX_BACKOFF_S = 5.0
 STALL_S = 120.0  # no post through for this long (429s, timeouts): shed
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # frames waiting for one connection: shed beyond
 FRAME_OVERHEAD_BYTES = 100  # a frame's JSON around its data, for the estimate
+
+
+class ManagementApi(Protocol):
+    """What a sender needs of the management API (``AsyncConnections``)."""
+
+    async def post(self, connection_id: str, data: str | bytes) -> None: ...
+
+    async def close(self, connection_id: str) -> None: ...
 
 
 @dataclass
@@ -60,12 +72,14 @@ class DeliveryStats:
 @dataclass
 class ConnectionSender:
     connection_id: str
-    connections: Connections
-    executor: Executor
+    connections: ManagementApi
+    executor: Executor  # for minting URLs (signing may fetch credentials)
     on_gone: Callable[[str], Awaitable[None]]
     payloads: Payloads  # mints URLs for references as frames leave
     max_queued_bytes: int = MAX_QUEUED_BYTES
     stall_s: float = STALL_S
+    interval_s: float = 0.0  # at most one message per window while busy
+    _last_post: float = float("-inf")
     stats: DeliveryStats = field(default_factory=DeliveryStats)
     _queue: asyncio.Queue[tuple[list[Frame], int]] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
@@ -119,7 +133,6 @@ class ConnectionSender:
         self._shedding = asyncio.get_running_loop().create_task(self._disconnect(why))
 
     async def _disconnect(self, why: str) -> None:
-        loop = asyncio.get_running_loop()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         message = pack_messages(
@@ -132,18 +145,18 @@ class ConnectionSender:
             ]
         )[0]
         try:
-            for call in (
-                lambda: self.connections.post(self.connection_id, message),
-                lambda: self.connections.close(self.connection_id),
-            ):
-                try:
-                    await loop.run_in_executor(self.executor, call)
-                except DeliveryError as error:  # gone already, or still not reading
-                    logger.info("shedding", connection_id=self.connection_id, error=str(error))
-        except Exception as error:  # noqa: BLE001 - e.g. the executor shut down: still gone
-            logger.warning("shedding failed", connection_id=self.connection_id, error=str(error))
+            await self._best_effort(self.connections.post(self.connection_id, message))
+            await self._best_effort(self.connections.close(self.connection_id))
         finally:
             await self.on_gone(self.connection_id)
+
+    async def _best_effort(self, call: Awaitable[None]) -> None:
+        try:
+            await asyncio.wait_for(call, self.stall_s)
+        except (DeliveryError, TimeoutError) as error:  # gone already, or still not reading
+            logger.info("shedding", connection_id=self.connection_id, error=repr(error))
+        except Exception as error:  # noqa: BLE001 - e.g. the session closed: it is gone anyway
+            logger.warning("shedding failed", connection_id=self.connection_id, error=str(error))
 
     def _drop_queue(self) -> None:
         while not self._queue.empty():
@@ -171,6 +184,9 @@ class ConnectionSender:
             frames = self._take(await self._queue.get())
             self._busy = True
             try:
+                wait = self._last_post + self.interval_s - loop.time()
+                if wait > 0:  # busy: this window's frames go together
+                    await asyncio.sleep(wait)
                 while not self._queue.empty():  # coalesce what queued up meanwhile
                     frames = frames + self._take(self._queue.get_nowait())
                 if has_references(frames):  # URLs are minted now, as the frames leave
@@ -188,6 +204,7 @@ class ConnectionSender:
                     )
                     self.stats.failed += 1
                     continue
+                self._last_post = loop.time()
                 for message in messages:
                     if not await self._post(loop, message):
                         return
@@ -226,9 +243,7 @@ class ConnectionSender:
         first_try = loop.time()
         while True:
             try:
-                await loop.run_in_executor(
-                    self.executor, self.connections.post, self.connection_id, message
-                )
+                await self.connections.post(self.connection_id, message)
             except StaleConnectionError:
                 self.stats.gone += 1
                 await self._gone()

@@ -9,23 +9,24 @@ import sys
 from collections.abc import Callable
 
 from hatchway import wiring
-from hatchway.connections import Connections
 from hatchway.hatchet_adapter import HatchetEvents
 from hatchway.observability import logger
 from hatchway.run_queue import RunQueue
 from hatchway.settings import RelaySettings, SettingsError, load
 
+from .management_api import AsyncConnections
 from .service import Relay
 
 
 async def run_relay(settings: RelaySettings, on_ready: Callable[[], None] | None = None) -> None:
     """The relay until SIGTERM or SIGINT (Python as PID 1 needs its own handler)."""
     hatchet = HatchetEvents(settings.hatchet)
+    connections = AsyncConnections(settings.management_api_url)
     relay = Relay(
         settings,
         store=wiring.store(settings),
         queue=RunQueue(settings.run_queue_url),
-        connections=Connections(settings.management_api_url),
+        connections=connections,
         hatchet=hatchet,
         payloads=wiring.payloads(settings),
     )
@@ -37,6 +38,7 @@ async def run_relay(settings: RelaySettings, on_ready: Callable[[], None] | None
     try:
         await relay.run()
     finally:
+        await connections.close_session()
         await hatchet.close()
 
 

@@ -1,12 +1,18 @@
 """Following one run: Hatchet events in, sequenced frames out.
 
 The follower holds the run's lease. It turns each Hatchet event into a frame
-with the next ``seq``, appends frames to the log in coalesced batches (the log
-write comes first: what was received is never lost), then hands them to the
-run's subscribers. It resubscribes when Hatchet's stream breaks, marks a
-``gap`` where stream events were missed (told by each task's ``event_index``),
-and asks Hatchet for the run's status when the stream ends without the run's
-final event, so the final status always arrives.
+with the next ``seq`` and hands it to the run's subscribers at once (their
+senders coalesce per connection). The log is written behind, in group commits
+(every ``log_commit_s`` or ``log_commit_bytes``, at once for the final status),
+one conditional PutItem each. Seqs are reserved ahead in the run's META, a block
+at a time: a relay that dies before logging what it sent live leaves a hole of
+at most its reservation, and its successor starts after it with a ``gap`` frame
+that says which seqs were skipped, so no seq ever names two different frames.
+
+It resubscribes when Hatchet's stream breaks, marks a ``gap`` where stream
+events were missed (told by each task's ``event_index``), and asks Hatchet for
+the run's status when the stream ends without the run's final event, so the
+final status always arrives.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from .fanout import ConnectionSender
 RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 BACKLOG_PAGE = 1000  # frames read from the log at a time for a new subscriber
 LOG_MAX_BACKOFF_S = 2.0
+LEASE_MARGIN_S = 2.0  # a holder stops sending and logging this long before its lease ends
+FRAME_OVERHEAD_BYTES = 100  # a frame's JSON around its data, for the commit's size
 
 
 class LogUnavailableError(Exception):
@@ -74,8 +82,11 @@ class RunFollower:
         hatchet: HatchetEvents,
         executor: Executor,
         sender_for: Callable[[str], ConnectionSender],
-        coalesce_s: float,
         payloads: Payloads,
+        lease_s: float = 30.0,
+        log_commit_s: float = 0.25,
+        log_commit_bytes: int = 64 * 1024,
+        seq_block: int = 256,
         log_retry_s: float = 60.0,
     ) -> None:
         self.run_id = run.run_id
@@ -85,18 +96,33 @@ class RunFollower:
         self._hatchet = hatchet
         self._executor = executor
         self._sender_for = sender_for
-        self._coalesce_s = coalesce_s
-        self._log_retry_s = log_retry_s  # how long one append is retried before giving up
+        self._run = run
+        self._log_commit_s = log_commit_s
+        self._log_commit_bytes = log_commit_bytes
+        self._seq_block = seq_block
+        self._lease_s = lease_s
+        self._log_retry_s = log_retry_s  # how long one write is retried before giving up
         self._following: asyncio.Task[Any] | None = None
-        self._failure: BaseException | None = None  # a scheduled flush's, for follow()
+        self._failure: BaseException | None = None  # a scheduled commit's, for follow()
+        # Sequencing starts where the log and the reservations say (``_open``).
         self.logged_seq = run.last_seq  # highest seq in the log
         self._next_seq = run.last_seq + 1
+        self._reserved = 0  # the highest seq we may sequence (reserved in META)
         self.status = run.status
         self._indexes: dict[str, int] = dict(run.stream_indexes or {})
+        self._logged_indexes: dict[str, int] = dict(self._indexes)  # as of logged_seq
+        self._index_marks: list[tuple[int, str, int]] = []  # (seq, task, index) unlogged
         self._took_over = run.last_seq > 0  # another relay wrote before us
-        self._pending: list[Frame] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._flush_lock = asyncio.Lock()
+        # The lease as this process knows it (monotonic): past it, nothing is sent or
+        # logged, since a successor may have taken the run (renewals move it).
+        self.lease_until = time.monotonic() + lease_s - LEASE_MARGIN_S
+        self._pending: list[Frame] = []  # sequenced, waiting for S3 or a reservation
+        self._unlogged: list[Frame] = []  # sent to subscribers, not yet in the log
+        self._unlogged_bytes = 0
+        self._preparing: asyncio.Task[None] | None = None  # S3 puts in flight
+        self._reserving: asyncio.Task[None] | None = None  # the next block of seqs
+        self._commit_handle: asyncio.TimerHandle | None = None
+        self._commit_lock = asyncio.Lock()
         self.subscribers: dict[str, Subscriber] = {}
         self.finished = asyncio.Event()
         self.lease_lost = False
@@ -117,7 +143,7 @@ class RunFollower:
 
         ``events``: a subscription opened before this relay held the lease (a
         handover); what the previous holder logged already is dropped by index.
-        Raises what made a flush fail (LogUnavailableError, PayloadError at the end)."""
+        Raises what made a commit fail (LogUnavailableError, PayloadError at the end)."""
         self._following = asyncio.current_task()
         try:
             await self._follow(events)
@@ -131,7 +157,41 @@ class RunFollower:
         if self._failure is not None:
             raise self._failure
 
+    async def _open(self) -> None:
+        """Start the sequence where the log ends, after any seqs a previous holder
+        reserved (it may have sent them live and died before logging them: a gap
+        says which were skipped). A log that holds the run's end ends it here."""
+        tail = await self._io(self._store.log_tail, self.run_id)
+        run = self._run
+        self.logged_seq = max(tail.last_seq, run.last_seq)
+        if tail.stream_indexes is not None:
+            self._indexes = dict(tail.stream_indexes)
+            self._logged_indexes = dict(tail.stream_indexes)
+        if tail.final is not None:  # logged, and META not moved before its holder died
+            self.status = str(tail.final["status"])
+            self._next_seq = self.logged_seq + 1
+            await self._update_run(status=self.status)
+            return
+        start = max(self.logged_seq, run.reserved_seq)
+        self._next_seq = start + 1
+        self._took_over = start > 0
+        await self._reserve()
+        if start > self.logged_seq:
+            self._emit(
+                gap_frame(
+                    self.run_id,
+                    self._next_seq,
+                    "the relay that held this run stopped before logging frames it may have"
+                    " sent: they are lost",
+                    skipped=(self.logged_seq + 1, start),
+                )
+            )
+
     async def _follow(self, events: AsyncIterator[HatchetEvent] | None) -> None:
+        await self._open()
+        if self.final:
+            self.finished.set()
+            return
         for subscription in await self._io(self._store.subscriptions_of_run, self.run_id):
             if subscription.removed:  # unsubscribed while no relay held the run
                 await self.unsubscribe(subscription.connection_id)
@@ -192,6 +252,7 @@ class RunFollower:
                     )
                 )
             self._indexes[event.resource_id] = index
+            self._index_marks.append((self._next_seq, event.resource_id, index))
         self._emit(stream_frame(chunk_frame(self.run_id, self._next_seq, event.payload)))
 
     def _mark_running(self) -> None:
@@ -241,99 +302,208 @@ class RunFollower:
     async def _end_unknown_run(self) -> None:
         self._finish("FAILED", "Hatchet does not know this run")
 
-    # -- sequencing and the log --------------------------------------------------------
+    # -- sequencing, fan-out and the log -----------------------------------------------
 
     def _emit(self, frame: Frame) -> None:
         self._next_seq += 1
         self._pending.append(frame)
-        if frame.get("final") or not self._coalesce_s:
-            self._schedule_flush(0.0)
-        elif self._flush_handle is None:
-            self._schedule_flush(self._coalesce_s)
+        self._release()
 
-    def _schedule_flush(self, delay: float) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        loop = asyncio.get_running_loop()
-        self._flush_handle = loop.call_later(delay, lambda: loop.create_task(self._timed_flush()))
+    def _release(self) -> None:
+        """Send what is sequenced to the subscribers now, in order, as far as it may
+        go: a frame too large for a message waits for S3 (and the frames after it),
+        a frame past the reservation waits for the next one, and nothing goes once
+        the lease may have lapsed."""
+        if self._preparing is not None or self.lease_lost:
+            return
+        ready: list[Frame] = []
+        while self._pending and time.monotonic() < self.lease_until:
+            frame = self._pending[0]
+            if int(frame["seq"]) > self._reserved:
+                self._reserve_ahead()
+                break
+            if self._payloads.needs_offload(frame):
+                self._preparing = self._background(self._offload(), "_preparing")
+                break
+            ready.append(self._pending.pop(0))
+        if ready:
+            self._publish(ready)
 
-    async def _timed_flush(self) -> None:
-        """A flush nobody awaits: its failure must not pass unseen. It stops follow(),
-        which raises it, and the relay hands the run back."""
-        try:
-            await self.flush()
-        except Exception as error:  # noqa: BLE001 - recorded and acted on, never lost
-            logger.error("flush failed; handing the run back", run_id=self.run_id, error=str(error))
-            self._failure = error
-            if self._following is not None:
-                self._following.cancel()
+    def _background(self, work: Any, slot: str) -> asyncio.Task[None]:  # noqa: ANN401 - a coroutine
+        """``work`` as a task held in ``slot``; when it is done, sending goes on."""
 
-    async def flush(self) -> None:
-        """Append pending frames to the log, then fan them out. Frames too large for a
-        message go to S3 first and are logged as references; a failing S3 put is
-        retried, and nothing is skipped or reordered meanwhile (later frames wait)."""
-        async with self._flush_lock:
-            self._flush_handle = None
-            if not self._pending or self.lease_lost:
+        async def then_release() -> None:
+            try:
+                await work
+            except Exception as error:  # noqa: BLE001 - recorded and acted on, never lost
+                setattr(self, slot, None)
+                self._fail(error)
                 return
-            frames, self._pending = self._pending, []
-            indexes = dict(self._indexes)  # what these frames cover, before any await
+            setattr(self, slot, None)
+            self._release()
+
+        return asyncio.get_running_loop().create_task(then_release())
+
+    async def _offload(self) -> None:
+        """The pending frames with S3 references for the large ones (retried)."""
+        count = len(self._pending)
+        while True:
             try:
                 logged = await offload_frames(
                     self.run_id,
-                    frames,
+                    self._pending[:count],
                     self._io,
                     payloads=self._payloads,
                     stopped=lambda: self.lease_lost,
                 )
-            except BaseException as error:  # S3 kept failing, or cancelled: keep them, in order
-                self._pending = frames + self._pending
-                if isinstance(error, PayloadError) and not self.final:
-                    self._schedule_flush(1.0)  # try again; the run's end raises instead
+            except PayloadError:
+                if self.final:
+                    raise  # the run's end waits no longer: it is handed back
+                await asyncio.sleep(1.0)  # S3 kept failing: try again, nothing skipped
+                continue
+            if logged is not None:
+                self._pending[:count] = logged
+            return
+
+    async def _reserve(self) -> None:
+        """Reserve the next block of seqs in META (lazily moving lastSeq with it)."""
+        reserved = max(self._reserved, self._next_seq - 1) + self._seq_block
+        if not await self._update_run(reserved_seq=reserved):
+            raise LeaseLostError(f"run {self.run_id}: lease lost")
+        self._reserved = reserved
+
+    def _publish(self, frames: list[Frame]) -> None:
+        for subscriber in list(self.subscribers.values()):
+            self._deliver(subscriber, frames)
+        self._unlogged.extend(frames)
+        self._unlogged_bytes += sum(len(f.get("data") or "") + FRAME_OVERHEAD_BYTES for f in frames)
+        if self._reserved - int(frames[-1]["seq"]) < self._seq_block // 2:
+            self._reserve_ahead()
+        if self.final or self._unlogged_bytes >= self._log_commit_bytes:
+            self._schedule_commit(0.0)
+        elif self._commit_handle is None:
+            self._schedule_commit(self._log_commit_s)
+
+    def _reserve_ahead(self) -> None:
+        """Before the block runs out, so sending seldom waits for it."""
+        if self._reserving is None and not self.lease_lost:
+            self._reserving = self._background(self._reserve(), "_reserving")
+
+    def _schedule_commit(self, delay: float) -> None:
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._commit_handle = loop.call_later(delay, lambda: loop.create_task(self._timed_commit()))
+
+    async def _timed_commit(self) -> None:
+        """A commit nobody awaits: its failure must not pass unseen."""
+        try:
+            await self._commit()
+        except Exception as error:  # noqa: BLE001 - recorded and acted on, never lost
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop following: follow() raises it, and the relay hands the run back."""
+        logger.error("the log failed; handing the run back", run_id=self.run_id, error=str(error))
+        if isinstance(error, LeaseLostError):
+            self._lost_lease()
+            return
+        self._failure = error
+        if self._following is not None:
+            self._following.cancel()
+
+    def _lost_lease(self) -> None:
+        logger.warning("lease lost; another relay writes this run now", run_id=self.run_id)
+        self.lease_lost = True
+        self.finished.set()
+
+    async def flush(self) -> None:
+        """Send and log everything sequenced so far (S3 puts and reservations first)."""
+        while self._pending and not self.lease_lost:
+            self._release()
+            waiting = [t for t in (self._preparing, self._reserving) if t is not None]
+            if not waiting:
+                if self._pending:  # the lease ran out (as far as this process knows)
+                    break
+                continue
+            await asyncio.gather(*waiting, return_exceptions=True)
+            if self._failure is not None:
+                raise self._failure
+        await self._commit()
+
+    async def _commit(self) -> None:
+        """One group commit of what was sent: an item per 400 KB, in order."""
+        async with self._commit_lock:
+            if self._commit_handle is not None:
+                self._commit_handle.cancel()
+                self._commit_handle = None
+            frames = list(self._unlogged)
+            for batch in log_batches(frames):
+                if self.lease_lost:
                     return
-                raise
-            if logged is None:
-                return  # the lease went while S3 was retried
-            batches = log_batches(logged)  # a DynamoDB item holds at most 400 KB
-            for number, batch in enumerate(batches, 1):
+                last = int(batch[-1]["seq"])
+                indexes = dict(self._logged_indexes)
+                indexes.update({task: i for seq, task, i in self._index_marks if seq <= last})
                 try:
-                    await self._append(batch, indexes if number == len(batches) else None)
+                    await self._append(batch, indexes)
                 except LeaseLostError:
-                    logger.warning(
-                        "lease lost; another relay writes this run now", run_id=self.run_id
-                    )
-                    self.lease_lost = True
-                    self.finished.set()
+                    self._lost_lease()
                     return
-                except BaseException:  # unwritable for too long, or cancelled: keep, in order
-                    self._pending = [f for b in batches[number - 1 :] for f in b] + self._pending
-                    raise
                 self.log_writes += 1
-                self.logged_seq = int(batch[-1]["seq"])
-                for subscriber in list(self.subscribers.values()):
-                    self._deliver(subscriber, batch)
+                self.logged_seq = last
+                self._logged_indexes = indexes
+                self._index_marks = [m for m in self._index_marks if m[0] > last]
+                del self._unlogged[: len(batch)]
+                self._unlogged_bytes = max(
+                    0,
+                    self._unlogged_bytes
+                    - sum(len(f.get("data") or "") + FRAME_OVERHEAD_BYTES for f in batch),
+                )
+                status = next((f for f in reversed(batch) if f["type"] == "status"), None)
+                if status is not None and not await self._update_run(status=str(status["status"])):
+                    self._lost_lease()
+                    return
+            if self._unlogged and self._commit_handle is None:
+                self._schedule_commit(0.0 if self.final else self._log_commit_s)
 
-    async def _append(self, batch: list[Frame], indexes: dict[str, int] | None) -> None:
-        """One log item, retried through transient errors (a 500, throttling after
-        botocore's retries, a timeout) with capped, jittered backoff, for up to
-        ``log_retry_s``; then LogUnavailableError. Only a lost lease stops it at once.
+    async def _update_run(self, **changes: Any) -> bool:  # noqa: ANN401
+        if time.monotonic() >= self.lease_until:
+            return False
+        result: bool = await self._retrying(
+            lambda: self._store.update_run(
+                self.run_id, self.owner, last_seq=self.logged_seq, **changes
+            )
+        )
+        return result
 
-        A failed request may still have been applied (answered 500 after it
-        committed, by us or by botocore's own retries, which we cannot see): a write
-        refused by the fence checks the run's record first, and one already there is done."""
+    async def _append(self, batch: list[Frame], indexes: dict[str, int]) -> None:
+        """One log item. Only a lost lease stops it at once (or a lease this process
+        can no longer vouch for). A failed request may still have been applied
+        (answered 500 after it committed, by us or botocore's own retries, which we
+        cannot see): a write refused because its key is taken is done if we wrote it."""
+        first, last = int(batch[0]["seq"]), int(batch[-1]["seq"])
+
+        def append() -> None:
+            if time.monotonic() >= self.lease_until:
+                raise LeaseLostError(f"run {self.run_id}: the lease may have lapsed")
+            try:
+                self._store.append_frames(self.run_id, batch, self.owner, indexes)
+            except LeaseLostError:
+                if self._store.frames_item_writer(self.run_id, first) != (self.owner, last):
+                    raise
+
+        await self._retrying(append)
+
+    async def _retrying(self, call: Callable[[], Any]) -> Any:  # noqa: ANN401
+        """``call`` (a blocking store write) retried through transient errors (a 500,
+        throttling after botocore's retries, a timeout) with capped, jittered backoff
+        for up to ``log_retry_s``; then LogUnavailableError. LeaseLostError raises."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._log_retry_s
         attempt = 0
         while True:
             try:
-                try:
-                    await self._io(
-                        self._store.append_frames, self.run_id, batch, self.owner, indexes
-                    )
-                except LeaseLostError:
-                    if await self._landed(batch):
-                        return
-                    raise
+                return await self._io(call)
             except LeaseLostError:
                 raise
             except Exception as error:  # any store error but the fence is retried
@@ -351,16 +521,6 @@ class RunFollower:
                     error=str(error),
                 )
                 await asyncio.sleep(min(delay, remaining))
-            else:
-                return
-
-    async def _landed(self, batch: list[Frame]) -> bool:
-        run = await self._io(self._store.get_run, self.run_id)
-        return bool(
-            run is not None
-            and run.lease_owner == self.owner
-            and run.last_seq >= int(batch[-1]["seq"])
-        )
 
     def _deliver(self, subscriber: Subscriber, frames: list[Frame]) -> None:
         if not subscriber.live:
@@ -408,7 +568,10 @@ class RunFollower:
             await self._sender_for(connection_id).wait_for_room()
         if not still_subscribed():
             return
+        # What was sent live but is not logged yet is here, in memory (no await
+        # between the log's last page and this: nothing moves in between).
         subscriber.live = True
+        self._hand(subscriber, self._unlogged)
         held, subscriber.held = subscriber.held, []
         self._deliver(subscriber, held)
 
@@ -448,10 +611,8 @@ class RunFollower:
         taking events, log the pending ones, let the subscribers' senders post what
         they hold, record how far each got, then pass the lease (False if lost)."""
         self.handing_over = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
         await self.flush()
-        if self.lease_lost:
+        if self.lease_lost or not self._all_logged:
             return False
         senders = {c: self._sender_for(c) for c in self.subscribers}
         await asyncio.gather(*(sender.drain(drain_s) for sender in senders.values()))
@@ -464,16 +625,33 @@ class RunFollower:
                     subscriber.cursor,
                 )
         transferred = bool(
-            await self._io(self._store.transfer_lease, self.run_id, self.owner, successor, lease_s)
+            await self._io(
+                self._store.transfer_lease,
+                self.run_id,
+                self.owner,
+                successor,
+                lease_s,
+                self.logged_seq,
+            )
         )
         self.lease_lost = True  # from here on the successor writes
         self.finished.set()
         return transferred
 
     async def hand_over(self) -> None:
-        """Stop following: log what was received, release the lease (SIGTERM)."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        """Stop following: log what was received, release the lease (SIGTERM). When
+        all it sequenced is logged, the next holder goes on from there without a gap;
+        otherwise it starts after the reserved seqs, with a gap."""
+        self.handing_over = True
         if self._failure is None:  # a log that just failed for a minute is not retried
             await self.flush()
-        await self._io(self._store.release_lease, self.run_id, self.owner)
+        await self._io(
+            self._store.release_lease,
+            self.run_id,
+            self.owner,
+            self.logged_seq if self._all_logged else None,
+        )
+
+    @property
+    def _all_logged(self) -> bool:
+        return not self._pending and not self._unlogged

@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from hatchway.connections import Connections
 from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
 from hatchway.payloads import Payloads
@@ -37,8 +36,8 @@ from hatchway.run_queue import QueuedRun, RunQueue
 from hatchway.settings import RelaySettings
 from hatchway.store import RunRecord, Store, Subscription
 
-from .fanout import ConnectionSender, DeliveryStats
-from .run_follower import RunFollower
+from .fanout import ConnectionSender, DeliveryStats, ManagementApi
+from .run_follower import LEASE_MARGIN_S, RunFollower
 
 SUBSCRIPTION_OVERLAP_MS = 5_000  # re-read this far back: writers' clocks and commits lag
 HANDOVER_POLL_S = 0.1  # how often both sides of a handover look at the run
@@ -59,7 +58,7 @@ class Relay:
         *,
         store: Store,
         queue: RunQueue,
-        connections: Connections,
+        connections: ManagementApi,
         hatchet: HatchetEvents,
         payloads: Payloads,
     ) -> None:
@@ -72,10 +71,8 @@ class Relay:
         self._queue = queue
         self._connections = connections
         self._hatchet = hatchet
+        # The table, the queue and S3 (boto3, blocking). Posts are async, on the loop.
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay-io")
-        # Posts apart from the table and the queue: posts stuck on clients that do not
-        # read (up to their timeout) never delay a lease renewal or a log append.
-        self._post_executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay-post")
         self.runs: dict[str, HeldRun] = {}
         self.senders: dict[str, ConnectionSender] = {}
         self.delivered = DeliveryStats()
@@ -165,7 +162,6 @@ class Relay:
             self.delivered.add(sender.stats)
             await sender.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._post_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- taking runs -------------------------------------------------------------------
 
@@ -237,8 +233,11 @@ class Relay:
             hatchet=self._hatchet,
             executor=self._executor,
             sender_for=self._sender,
-            coalesce_s=self.settings.coalesce_ms / 1000,
             payloads=self._payloads,
+            lease_s=self.settings.lease_seconds,
+            log_commit_s=self.settings.log_commit_ms / 1000,
+            log_commit_bytes=self.settings.log_commit_bytes,
+            seq_block=self.settings.seq_block,
             log_retry_s=self.settings.log_retry_seconds,
         )
         task = asyncio.create_task(self._follow(follower, events))
@@ -339,26 +338,53 @@ class Relay:
         interval = min(self.settings.lease_seconds, self.settings.visibility_seconds) / 3
         while True:
             await asyncio.sleep(interval)
-            for run_id, held in list(self.runs.items()):
-                try:
-                    renewed = await self._io(
-                        self._store.renew_lease, run_id, self.owner, self.settings.lease_seconds
-                    )
-                    if held.handing_over:
-                        continue  # its message is the successor's now
-                    await self._io(
-                        self._queue.extend,
-                        held.message.receipt_handle,
-                        self.settings.visibility_seconds,
-                    )
-                except Exception as error:  # noqa: BLE001 - try again next beat
-                    logger.warning("heartbeat failed", run_id=run_id, error=str(error))
-                    continue
-                if not renewed and not held.handing_over:
-                    logger.warning("lease taken by another relay", run_id=run_id)
-                    held.follower.lease_lost = True
-                    held.task.cancel()
-                    self.runs.pop(run_id, None)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """Renew every live run's lease at once (not one after another: a slow table
+        must not let the last leases lapse), then keep their messages invisible, ten
+        to an SQS call. Runs that finished meanwhile are left alone."""
+        held = [h for h in self.runs.values() if not h.follower.finished.is_set()]
+        lease_s = self.settings.lease_seconds
+        started = time.monotonic()
+        renewals = await asyncio.gather(
+            *(
+                self._io(self._store.renew_lease, h.follower.run_id, self.owner, lease_s)
+                for h in held
+            ),
+            return_exceptions=True,
+        )
+        keep: list[HeldRun] = []
+        for run, renewed in zip(held, renewals, strict=True):
+            run_id = run.follower.run_id
+            if isinstance(renewed, BaseException):
+                logger.warning("lease renewal failed", run_id=run_id, error=str(renewed))
+            elif renewed:
+                run.follower.lease_until = started + lease_s - LEASE_MARGIN_S
+                if not run.handing_over:
+                    keep.append(run)
+            elif not run.handing_over and self.runs.get(run_id) is run:
+                logger.warning("lease taken by another relay", run_id=run_id)
+                run.follower.lease_lost = True
+                run.task.cancel()
+                self.runs.pop(run_id, None)
+        # Its message is the successor's once a run is handed over; a finished run's is deleted.
+        keep = [h for h in keep if not h.follower.finished.is_set() and not h.handing_over]
+        if not keep:
+            return
+        try:
+            failed = await self._io(
+                self._queue.extend_many,
+                [h.message.receipt_handle for h in keep],
+                self.settings.visibility_seconds,
+            )
+        except Exception as error:  # noqa: BLE001 - try again next beat
+            logger.warning("keeping messages invisible failed", error=str(error))
+            return
+        if failed:
+            logger.info(
+                "messages not extended (deleted or handed over meanwhile)", count=len(failed)
+            )
 
     # -- subscribers -------------------------------------------------------------------
 
@@ -367,6 +393,7 @@ class Relay:
             await asyncio.sleep(self.settings.poll_ms / 1000)
             if not self.runs:
                 self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
+                await self._end_idle_senders()
                 continue
             try:
                 found: list[Subscription] = await self._io(
@@ -406,6 +433,19 @@ class Relay:
                 self._seen[key] = now
             self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
             self._seen = {k: t for k, t in self._seen.items() if now - t < 60}
+            await self._end_idle_senders()
+
+    async def _end_idle_senders(self) -> None:
+        """A sender ends with its connection's last subscription here, once it has
+        posted all it holds: a relay serving connections for days keeps no task or
+        queue for each one it ever served."""
+        subscribed = {c for held in self.runs.values() for c in held.follower.subscribers}
+        for connection_id, sender in list(self.senders.items()):
+            if connection_id in subscribed or sender.closed or not sender.idle:
+                continue
+            del self.senders[connection_id]
+            self.delivered.add(sender.stats)
+            await sender.close()
 
     def _sender(self, connection_id: str) -> ConnectionSender:
         sender = self.senders.get(connection_id)
@@ -416,11 +456,12 @@ class Relay:
             sender = ConnectionSender(
                 connection_id,
                 self._connections,
-                self._post_executor,
+                self._executor,
                 on_gone=self._connection_gone,
                 payloads=self._payloads,
                 max_queued_bytes=self.settings.send_queue_bytes,
                 stall_s=self.settings.send_stall_seconds,
+                interval_s=self.settings.coalesce_ms / 1000,
             )
             sender.start()
             self.senders[connection_id] = sender
