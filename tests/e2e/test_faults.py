@@ -28,6 +28,7 @@ from tests.e2e.faults import (
     assert_single_writer_at_a_time,
     check_delivery,
     frames_until,
+    log_items,
     next_relay_id,
     run_meta,
     sequenced,
@@ -169,6 +170,62 @@ async def test_the_owner_killed_mid_stream_is_taken_over_with_a_gap(
         f"{len(ANNA_KARENINA) - len(before) - len(after)} characters, "
         f"run ended {time.monotonic() - killed_at:.1f} s after the kill"
     )
+
+
+async def test_a_relay_killed_between_fan_out_and_log_never_reuses_a_seq(
+    api: Api, stack: LocalStack
+) -> None:
+    """Frames go to subscribers before they are logged. The holder here logs only
+    its final status (a commit window of ten minutes), so every chunk a client got
+    was unlogged when the relay was killed. The successor starts after the seqs the
+    dead relay had reserved, with a gap that names them: the client keeps what it
+    saw, no seq ever carries two different frames, and the log (what a late
+    subscriber replays) says the same with its gap."""
+    assert stack.aws is not None
+    lazy = next_relay_id()
+    for relay_id in list(stack.relay_processes):  # only the lazy relay takes the run
+        await stack.stop_relay(relay_id)
+    async with AwsProxy(stack.aws.endpoint_url) as proxy:  # to see it polling: it is up
+        stack.start_relay(
+            lazy, env={"RELAY_LOG_COMMIT_MS": "600000", "AWS_ENDPOINT_URL": proxy.url}
+        )
+        await proxy.wait_for("ReceiveMessage")
+        run, client = await watch(api)
+        run_id = run["runId"]
+        try:
+            assert await wait_for_owner(stack, run_id) == lazy
+            await asyncio.wait_for(frames_until(client, run_id, 12), FINAL_WAIT_S)
+            seen_live = max(int(f["seq"]) for f in sequenced(client.frames, run_id))
+            logged = await asyncio.to_thread(log_items, stack, run_id)
+            await stack.stop_relay(lazy, signal.SIGKILL)
+            for _ in range(2):
+                stack.start_relay(next_relay_id())
+            await until_final(client, run_id)
+        finally:
+            await client.close()
+
+    assert not logged, f"chunks were logged before the kill: {logged}"  # the fault happened
+    # Two gaps: the skipped seqs, then the chunks streamed while no relay was subscribed
+    # (the successor says RUNNING again in between: the log never had it).
+    sequence = check_delivery(client.frames, run_id, gaps=2)
+    gap = next(f for f in sequence if f["type"] == "gap")
+    assert gap["skipped"][0] == 1
+    assert gap["skipped"][1] >= seen_live  # every seq the client saw live is skipped
+    assert text_of(sequence).startswith(ANNA_KARENINA[:55])  # what it saw live it keeps
+    assert ANNA_KARENINA.endswith(text_of([f for f in sequence if f["seq"] > gap["seq"]]))
+
+    late = await Client.open(run["websocketUrl"], run["token"])
+    try:
+        await late.subscribe(run)
+        await until_final(late, run_id)
+    finally:
+        await late.close()
+    replay = check_delivery(late.frames, run_id, gaps=2, duplicates_allowed=False)
+    seen = {int(f["seq"]): f for f in sequence}
+    for frame in replay:  # the same seq is the same frame, live or replayed
+        assert seen.get(int(frame["seq"]), frame) == frame
+    assert replay[0]["type"] == "gap"  # the log starts at the gap: nothing was logged before
+    assert replay == [f for f in sequence if int(f["seq"]) >= int(gap["seq"])]
 
 
 # -- 3. SIGTERM: handover with no gap -------------------------------------------------
@@ -396,15 +453,15 @@ async def test_a_run_delivered_again_by_sqs_keeps_a_single_writer(
 
 async def test_a_store_that_fails_writes_loses_nothing(api: Api, stack: LocalStack) -> None:
     """One relay whose DynamoDB fails 1 in 5 writes (some of them after they were
-    applied, as a timeout after the commit), then refuses the final flush ten times
-    in a row: more than botocore's own retries. Every frame and the final status
+    applied, as a timeout after the commit), then refuses the run's final status in
+    META ten times in a row: more than botocore's own retries. Every frame and the final status
     still arrive, with no gap, and the log holds each seq once."""
     assert stack.aws is not None
     async with AwsProxy(stack.aws.endpoint_url) as proxy:
         for relay_id in list(stack.relay_processes):  # only the faulty relay takes runs
             await stack.stop_relay(relay_id)
         proxy.fail_every(5, DYNAMODB_WRITES, landed_every=3)
-        proxy.fail_burst(10, "TransactWriteItems", when=rb"\"final\":true")
+        proxy.fail_burst(10, "UpdateItem", when=rb"COMPLETED")
         faulty = next_relay_id()
         stack.start_relay(faulty, env={"AWS_ENDPOINT_URL": proxy.url})
         try:
@@ -426,6 +483,7 @@ async def test_a_store_that_fails_writes_loses_nothing(api: Api, stack: LocalSta
     assert assert_single_writer_at_a_time(stack, run_id) == [faulty]
     assert run_meta(stack, run_id)["status"] == "COMPLETED"
     # The faults did happen: writes failed, some after landing, and the final burst.
-    assert proxy.failures["TransactWriteItems"] >= 10
+    assert proxy.failures["PutItem"] >= 1  # log items
+    assert proxy.failures["UpdateItem"] >= 10
     assert sum(proxy.landed.values()) >= 1
     assert proxy.burst_left() == 0

@@ -55,6 +55,17 @@ RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 BACKLOG_PAGE = 1000  # frames read from the log at a time for a new subscriber
 LOG_MAX_BACKOFF_S = 2.0
 LEASE_MARGIN_S = 2.0  # a holder stops sending and logging this long before its lease ends
+
+
+SKIPPED_REASON = (
+    "the relay that held this run stopped before logging frames it may have sent: they are lost"
+)
+
+
+def lease_deadline(renewed_at: float, lease_s: float) -> float:
+    """Until when (monotonic) a holder that asked for its lease at ``renewed_at`` may
+    send and log: a margin before the lease ends (a quarter of short test leases)."""
+    return renewed_at + lease_s - min(LEASE_MARGIN_S, lease_s / 4)
 FRAME_OVERHEAD_BYTES = 100  # a frame's JSON around its data, for the commit's size
 
 
@@ -113,9 +124,10 @@ class RunFollower:
         self._logged_indexes: dict[str, int] = dict(self._indexes)  # as of logged_seq
         self._index_marks: list[tuple[int, str, int]] = []  # (seq, task, index) unlogged
         self._took_over = run.last_seq > 0  # another relay wrote before us
+        self._skipped: tuple[int, int] | None = None  # seqs a dead holder may have sent
         # The lease as this process knows it (monotonic): past it, nothing is sent or
         # logged, since a successor may have taken the run (renewals move it).
-        self.lease_until = time.monotonic() + lease_s - LEASE_MARGIN_S
+        self.lease_until = lease_deadline(time.monotonic(), lease_s)
         self._pending: list[Frame] = []  # sequenced, waiting for S3 or a reservation
         self._unlogged: list[Frame] = []  # sent to subscribers, not yet in the log
         self._unlogged_bytes = 0
@@ -176,16 +188,8 @@ class RunFollower:
         self._next_seq = start + 1
         self._took_over = start > 0
         await self._reserve()
-        if start > self.logged_seq:
-            self._emit(
-                gap_frame(
-                    self.run_id,
-                    self._next_seq,
-                    "the relay that held this run stopped before logging frames it may have"
-                    " sent: they are lost",
-                    skipped=(self.logged_seq + 1, start),
-                )
-            )
+        if start > self.logged_seq:  # said by the first gap, or before the first frame
+            self._skipped = (self.logged_seq + 1, start)
 
     async def _follow(self, events: AsyncIterator[HatchetEvent] | None) -> None:
         await self._open()
@@ -252,8 +256,9 @@ class RunFollower:
                     )
                 )
             self._indexes[event.resource_id] = index
-            self._index_marks.append((self._next_seq, event.resource_id, index))
         self._emit(stream_frame(chunk_frame(self.run_id, self._next_seq, event.payload)))
+        if index is not None:  # logged with the item that holds this chunk's seq
+            self._index_marks.append((self._next_seq - 1, event.resource_id, index))
 
     def _mark_running(self) -> None:
         if self.status == "QUEUED":
@@ -305,6 +310,14 @@ class RunFollower:
     # -- sequencing, fan-out and the log -----------------------------------------------
 
     def _emit(self, frame: Frame) -> None:
+        if self._skipped is not None:
+            skipped, self._skipped = self._skipped, None
+            if frame["type"] == "gap":
+                frame["skipped"] = list(skipped)
+                frame["reason"] = f"{frame['reason']}; {SKIPPED_REASON}"
+            else:
+                self._emit(gap_frame(self.run_id, self._next_seq, SKIPPED_REASON, skipped))
+                frame["seq"] = self._next_seq
         self._next_seq += 1
         self._pending.append(frame)
         self._release()

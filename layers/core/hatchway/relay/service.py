@@ -37,7 +37,7 @@ from hatchway.settings import RelaySettings
 from hatchway.store import RunRecord, Store, Subscription
 
 from .fanout import ConnectionSender, DeliveryStats, ManagementApi
-from .run_follower import LEASE_MARGIN_S, RunFollower
+from .run_follower import RunFollower, lease_deadline
 
 SUBSCRIPTION_OVERLAP_MS = 5_000  # re-read this far back: writers' clocks and commits lag
 HANDOVER_POLL_S = 0.1  # how often both sides of a handover look at the run
@@ -360,7 +360,7 @@ class Relay:
             if isinstance(renewed, BaseException):
                 logger.warning("lease renewal failed", run_id=run_id, error=str(renewed))
             elif renewed:
-                run.follower.lease_until = started + lease_s - LEASE_MARGIN_S
+                run.follower.lease_until = lease_deadline(started, lease_s)
                 if not run.handing_over:
                     keep.append(run)
             elif not run.handing_over and self.runs.get(run_id) is run:
