@@ -96,7 +96,7 @@ def test_a_handover_passes_the_lease_only_to_the_relay_that_claimed_it(store: St
 def test_a_log_written_as_plain_json_reads_as_before(store: Store) -> None:
     run_id = new_run(store)
     frames = [chunk_frame(run_id, 1, "a"), chunk_frame(run_id, 2, "b")]
-    store._table.put_item(  # noqa: SLF001 - an item as the log wrote them before compression
+    store._table.put_item(  # an item as the log wrote them before compression
         Item={
             "pk": f"RUN#{run_id}",
             "sk": "F#0000000001",

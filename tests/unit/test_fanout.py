@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,26 +15,26 @@ from hatchway.relay.fanout import ConnectionSender
 
 
 class FakeConnections:
-    """Posts land in ``posted``; ``refuse`` makes posts raise; ``block`` makes them
-    hang (a client that does not read) until released."""
+    """The async management API: posts land in ``posted``; ``refuse`` makes posts
+    raise; ``block`` makes them hang (a client that does not read) until released."""
 
     def __init__(self) -> None:
         self.posted: list[Any] = []
         self.closed: list[str] = []
         self.refuse: type[DeliveryError] | None = None
-        self.block = threading.Event()
+        self.block = asyncio.Event()
         self.block.set()
-        self.blocked_once = threading.Event()
+        self.blocked_once = asyncio.Event()
 
-    def post(self, connection_id: str, data: str) -> None:
+    async def post(self, connection_id: str, data: str) -> None:
         if not self.block.is_set():
             self.blocked_once.set()
-            self.block.wait(10)
+            await asyncio.wait_for(self.block.wait(), 10)
         if self.refuse is not None:
             raise self.refuse(connection_id)
         self.posted.append(json.loads(data))
 
-    def close(self, connection_id: str) -> None:
+    async def close(self, connection_id: str) -> None:
         self.closed.append(connection_id)
 
 
@@ -90,7 +89,7 @@ async def test_a_connection_that_does_not_read_is_shed_past_its_queue_bound() ->
     gone: list[str] = []
     sender = await sender_for(connections, gone, max_queued_bytes=64 * 1024)
     sender.send([chunk_frame("r1", 1, "first")])
-    await asyncio.to_thread(connections.blocked_once.wait, 10)
+    await asyncio.wait_for(connections.blocked_once.wait(), 10)
     for seq in range(2, 200):
         sender.send([chunk_frame("r1", seq, "x" * 1000)])
     connections.block.set()
@@ -126,4 +125,19 @@ async def test_a_big_backlog_that_drains_is_not_shed() -> None:
     await until(lambda: len(frames_of(connections.posted)) == 2000)
     assert gone == []
     assert [f["seq"] for f in frames_of(connections.posted)] == list(range(1, 2001))
+    await sender.close()
+
+
+async def test_a_busy_connection_gets_one_message_per_window_and_a_quiet_one_at_once() -> None:
+    connections = FakeConnections()
+    gone: list[str] = []
+    sender = await sender_for(connections, gone, interval_s=0.2)
+    sender.send([chunk_frame("r1", 1, "first")])  # quiet until now: it goes alone, at once
+    await until(lambda: len(connections.posted) == 1)
+    for seq in range(2, 11):  # nine more within the window: one message, in order
+        sender.send([chunk_frame("r1", seq, "x")])
+    await until(lambda: len(frames_of(connections.posted)) == 10)
+    assert len(connections.posted) == 2
+    assert connections.posted[0]["seq"] == 1
+    assert [f["seq"] for f in connections.posted[1]["frames"]] == list(range(2, 11))
     await sender.close()

@@ -263,7 +263,7 @@ async def test_the_sender_mints_urls_as_frames_leave_and_packs_them_under_the_li
     posted: list[str] = []
 
     class Connections:
-        def post(self, _connection_id: str, message: str) -> None:
+        async def post(self, _connection_id: str, message: str) -> None:
             posted.append(message)
 
     async def gone(_connection_id: str) -> None:
@@ -355,10 +355,6 @@ async def test_s3_down_at_the_run_s_end_keeps_every_frame_for_a_later_flush(
     with pytest.raises(PayloadError):
         await run.follow()  # the relay hands the run over; nothing was logged out of order
 
-    assert store.log == []
-    assert texts(run._pending) == [
-        "status:RUNNING",
-        "chunk:a",
-        "chunk:" + "B" * 300_000,
-        "status:COMPLETED",
-    ]
+    # What came before the big chunk went out and was logged; it and what follows wait.
+    assert texts(store.log) == ["status:RUNNING", "chunk:a"]
+    assert texts(run._pending) == ["chunk:" + "B" * 300_000, "status:COMPLETED"]

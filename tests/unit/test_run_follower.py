@@ -16,7 +16,7 @@ from hatchway.payloads import Payloads
 from hatchway.protocol import Frame
 from hatchway.relay import run_follower as run_follower_module
 from hatchway.relay.run_follower import LogUnavailableError, RunFollower
-from hatchway.store import LeaseLostError, RunRecord, Subscription
+from hatchway.store import LeaseLostError, LogTail, RunRecord, Subscription
 
 
 def event(
@@ -33,19 +33,41 @@ def event(
 
 
 class FakeStore:
+    """The store's rules that the follower relies on: a log item per first seq (a
+    key written twice is refused), seqs reserved and META moved only by the holder."""
+
     def __init__(self, owner: str = "me") -> None:
         self.log: list[Frame] = []
+        self.items: dict[int, tuple[str, int]] = {}  # first seq -> (writer, last seq)
         self.owner = owner
         self.indexes: dict[str, int] = {}
         self.released = False
+        self.meta: dict[str, Any] = {}
 
     def append_frames(
         self, _run_id: str, frames: list[Frame], owner: str, indexes: dict[str, int]
     ) -> None:
-        if owner != self.owner or frames[0]["seq"] != len(self.log) + 1:
-            raise LeaseLostError("fenced")
+        first = int(frames[0]["seq"])
+        if first in self.items or (self.log and first <= int(self.log[-1]["seq"])):
+            raise LeaseLostError("that seq is logged already")
+        self.items[first] = (owner, int(frames[-1]["seq"]))
         self.log.extend(frames)
         self.indexes = indexes
+
+    def frames_item_writer(self, _run_id: str, first_seq: int) -> tuple[str, int] | None:
+        return self.items.get(first_seq)
+
+    def log_tail(self, _run_id: str) -> LogTail:
+        if not self.log:
+            return LogTail()
+        final = self.log[-1] if self.log[-1].get("final") else None
+        return LogTail(int(self.log[-1]["seq"]), dict(self.indexes) or None, final)
+
+    def update_run(self, _run_id: str, owner: str, **changes: Any) -> bool:
+        if owner != self.owner:
+            return False
+        self.meta.update({k: v for k, v in changes.items() if v is not None})
+        return True
 
     def read_frames(self, _run_id: str, after: int, limit: int) -> list[Frame]:
         return [f for f in self.log if f["seq"] > after][:limit]
@@ -53,7 +75,7 @@ class FakeStore:
     def subscriptions_of_run(self, _run_id: str) -> list[Subscription]:
         return []
 
-    def release_lease(self, _run_id: str, _owner: str) -> None:
+    def release_lease(self, _run_id: str, _owner: str, _logged_seq: int | None = None) -> None:
         self.released = True
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -147,7 +169,7 @@ def follower(
             hatchet=hatchet,  # type: ignore[arg-type]
             executor=ThreadPoolExecutor(2),
             sender_for=lambda _c: sender,  # type: ignore[arg-type,return-value]
-            coalesce_s=0.001,
+            log_commit_s=0.001,
             # no frame here needs S3 unless a test passes its own fake
             payloads=payloads or Payloads("bucket", client=object()),
             log_retry_s=log_retry_s,
@@ -326,8 +348,8 @@ async def test_a_log_down_past_the_bound_hands_the_run_back_keeping_every_frame(
     with pytest.raises(LogUnavailableError):
         await run.follow()  # the relay then releases the run's message, never deletes it
     assert store.log == []
-    assert [f["seq"] for f in run._pending] == [1, 2, 3, 4, 5]  # kept, in order
-    assert run._pending[-1]["final"] is True
+    assert [f["seq"] for f in run._unlogged] == [1, 2, 3, 4, 5]  # kept, in order
+    assert run._unlogged[-1]["final"] is True
 
 
 @pytest.mark.usefixtures("fast_backoff")
@@ -423,3 +445,49 @@ async def test_unsubscribed_during_the_backlog_read_gets_nothing_after_it() -> N
     await adding
 
     assert sender.sent == [{"type": "unsubscribed", "runId": "r1"}]
+
+
+# -- fan-out before the log (issue: the relay's hot path) ------------------------------
+
+
+async def test_a_successor_of_a_holder_that_died_starts_after_its_reserved_seqs() -> None:
+    store = FakeStore()
+    store.log = [{"type": "status", "seq": 1}, {"type": "chunk", "seq": 2}]
+    hatchet = FakeHatchet(
+        [[event("STREAM", payload="z", index=5), event("COMPLETED", "WORKFLOW_RUN", "{}")]]
+    )
+    run, _ = follower(hatchet, store, last_seq=2, indexes={"t1": 1}, status="RUNNING")
+    run._run = RunRecord("r1", "wf", "RUNNING", 2, 0, 0, "me", 0, {"t1": 1}, reserved_seq=256)
+    await run.follow()
+
+    gap = store.log[2]
+    assert (gap["type"], gap["seq"], gap["skipped"]) == ("gap", 257, [3, 256])
+    assert "3 chunk(s)" in gap["reason"]  # the chunks missed upstream, said by the same gap
+    assert kinds(store.log[3:]) == ["chunk:z", "status:COMPLETED"]
+    assert [f["seq"] for f in store.log[3:]] == [258, 259]
+    assert store.meta["reserved_seq"] >= 259  # reserved before it was sent
+
+
+async def test_frames_reach_subscribers_before_the_log_and_a_new_one_gets_them_from_memory() -> (
+    None
+):
+    store = FakeStore()
+    hatchet = FakeHatchet([[]])
+    run, sender = follower(hatchet, store, status="RUNNING")
+    run._log_commit_s = 3600  # nothing is logged until the end
+    live = run_follower_module.Subscriber("c0", cursor=0, live=True)
+    run.subscribers["c0"] = live
+    await run._open()
+    run._on_event(event("STREAM", payload="a", index=0))
+    run._on_event(event("STREAM", payload="b", index=1))
+    assert [f.get("data") for f in sender.sent] == ["a", "b"]  # sent, not logged
+    assert store.log == []
+    late = FakeSender()
+    run._sender_for = lambda c: late if c == "c1" else sender  # type: ignore[assignment,return-value]
+    await run.add_subscriber(Subscription("r1", "c1", after=0, token_expires_at=0, created_at=0))
+    assert [f.get("data") for f in late.sent] == ["a", "b"]
+    run._on_event(event("COMPLETED", "WORKFLOW_RUN", "{}"))
+    await run.flush()
+    assert [f["seq"] for f in store.log] == [1, 2, 3]  # one group commit
+    assert len(store.items) == 1
+    assert [f["seq"] for f in late.sent] == [1, 2, 3]

@@ -66,6 +66,8 @@ def lease_deadline(renewed_at: float, lease_s: float) -> float:
     """Until when (monotonic) a holder that asked for its lease at ``renewed_at`` may
     send and log: a margin before the lease ends (a quarter of short test leases)."""
     return renewed_at + lease_s - min(LEASE_MARGIN_S, lease_s / 4)
+
+
 FRAME_OVERHEAD_BYTES = 100  # a frame's JSON around its data, for the commit's size
 
 
@@ -187,13 +189,17 @@ class RunFollower:
         start = max(self.logged_seq, run.reserved_seq)
         self._next_seq = start + 1
         self._took_over = start > 0
-        await self._reserve()
+        try:
+            await self._reserve()
+        except LeaseLostError:
+            self._lost_lease()
+            return
         if start > self.logged_seq:  # said by the first gap, or before the first frame
             self._skipped = (self.logged_seq + 1, start)
 
     async def _follow(self, events: AsyncIterator[HatchetEvent] | None) -> None:
         await self._open()
-        if self.final:
+        if self.final or self.lease_lost:
             self.finished.set()
             return
         for subscription in await self._io(self._store.subscriptions_of_run, self.run_id):
