@@ -25,6 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from hatchway.payloads import IN_MEMORY_PARTS, PART_BYTES, UPLOAD_THREADS, Payloads
+from hatchway.store import decode_frames
 from hatchway.worker import put_file
 from hatchway_local.demo.workflows import DemoFile, big_chunk
 from hatchway_local.stack import LocalStack
@@ -96,7 +97,7 @@ def log_items(stack: LocalStack, run_id: str) -> list[dict[str, Any]]:
         KeyConditionExpression="pk = :pk AND begins_with(sk, :f)",
         ExpressionAttributeValues={":pk": f"RUN#{run_id}", ":f": "F#"},
     )["Items"]
-    return [f for item in items for f in json.loads(str(item["frames"]))]
+    return [f for item in items for f in decode_frames(run_id, item["frames"])]
 
 
 # -- demo-big-chunk and demo-file through a plain WebSocket client ---------------------
