@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install dev test lint format emulator lock lock-layers clean bench faults check-template lock-sam
+.PHONY: help install dev test lint format emulator lock lock-layers clean bench bench-relay faults check-template lock-sam
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench: install ## print benchmark figures (cold starts and sizes vs the previous
 	$(BIN)/python benchmarks/emulator_startup.py
 	$(BIN)/python benchmarks/payloads.py
 	$(BIN)/python benchmarks/flood.py
+
+bench-relay: install ## Hatchway vs the docs' proxy vs a raw broadcast server, one table (BENCH_RELAY_QUICK=1: a minute)
+	$(BIN)/python benchmarks/relay.py
 
 # --- The template: cfn-lint, `sam validate --lint` and `sam build` (no Docker) ---------
 # aws-sam-cli pins boto3/botocore apart from ours: it lives in its own venv, pinned by

@@ -4,7 +4,9 @@ AWS does on an internal error or on throttling after the SDK's retries.
 
 A process uses it through the SDK's own endpoint variables (``AWS_ENDPOINT_URL``,
 or ``AWS_ENDPOINT_URL_DYNAMODB`` for one service), so its code is the code that
-runs on AWS. Fault tests use the failures; benchmarks use the counts.
+runs on AWS. Fault tests use the failures; benchmarks use the counts, and with
+``meter_capacity`` the DynamoDB capacity each request would consume on AWS
+(``capacity``: write and read request units by DynamoDB's sizing rules).
 
 Two kinds of failure, both answered ``500 InternalServerError``:
 - *refused*: the request never reaches moto;
@@ -15,10 +17,13 @@ Two kinds of failure, both answered ``500 InternalServerError``:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -36,6 +41,74 @@ _INTERNAL_ERROR = json.dumps(
         "message": "Internal server error (injected by the local AWS proxy)",
     }
 )
+
+
+# --- DynamoDB capacity, by its sizing rules ----------------------------------------------
+# An item's size: each attribute name's UTF-8 length plus its value's; a number about
+# 1 byte per 2 significant digits plus 1; a list or map 3 bytes plus 1 per element.
+# Writes: 1 WRU per started KB of the item (for an update or delete: the item as
+# stored); in a transaction 2 per KB. Reads: 1 RRU per started 4 KB strongly
+# consistent, half that eventually consistent, 2 transactional; a query sums its
+# items before rounding up.
+
+
+def _number_size(text: object) -> int:
+    return len(str(text).lstrip("-").replace(".", "").lstrip("0")) // 2 + 1
+
+
+_SCALAR_SIZES: dict[str, Callable[[object], int]] = {
+    "S": lambda text: len(str(text).encode()),
+    "N": _number_size,
+    "B": lambda text: len(base64.b64decode(str(text))),
+    "BOOL": lambda _value: 1,
+    "NULL": lambda _value: 1,
+}
+_SET_OF = {"SS": "S", "NS": "N", "BS": "B"}
+
+
+def value_size(value: dict[str, Any]) -> int:
+    (kind, inner), *_ = value.items()
+    if kind in _SCALAR_SIZES:
+        return _SCALAR_SIZES[kind](inner)
+    if kind in _SET_OF and isinstance(inner, list):
+        return sum(_SCALAR_SIZES[_SET_OF[kind]](element) for element in inner)
+    if kind == "L" and isinstance(inner, list):
+        return 3 + sum(1 + value_size(element) for element in inner)
+    if kind == "M" and isinstance(inner, dict):
+        return 3 + sum(1 + len(k.encode()) + value_size(v) for k, v in inner.items())
+    return 0
+
+
+def item_size(item: dict[str, dict[str, Any]]) -> int:
+    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
+
+
+def write_units(size: int, *, transactional: bool = False) -> int:
+    return max(1, math.ceil(size / 1024)) * (2 if transactional else 1)
+
+
+def read_units(size: int, *, consistent: bool, transactional: bool = False) -> float:
+    blocks = max(1, math.ceil(size / 4096))
+    return blocks * (2.0 if transactional else 1.0 if consistent else 0.5)
+
+
+@dataclass
+class Capacity:
+    """What the proxied DynamoDB requests would consume on AWS."""
+
+    wru: float = 0.0
+    rru: float = 0.0
+    per_operation: dict[str, float] = field(default_factory=dict)  # WRU + RRU, per operation
+    # Sizes of items that updates and deletes touch, read once per key from moto
+    # (the first time a key is seen): what AWS bills an update by.
+    stored_sizes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, operation: str, units: float, *, write: bool) -> None:
+        if write:
+            self.wru += units
+        else:
+            self.rru += units
+        self.per_operation[operation] = self.per_operation.get(operation, 0.0) + units
 
 
 def operation_of(request: web.Request) -> str:
@@ -71,6 +144,8 @@ class AwsProxy:
     counts: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)  # injected, per operation
     landed: Counter[str] = field(default_factory=Counter)  # of those, applied first
+    meter_capacity: bool = False  # fill ``capacity`` (costs a GetItem per new updated key)
+    capacity: Capacity = field(default_factory=Capacity)
     _every: list[_EveryNth] = field(default_factory=list)
     _bursts: list[_Burst] = field(default_factory=list)
     _seen: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -149,6 +224,8 @@ class AwsProxy:
             if fault == "landed":
                 self.landed[operation] += 1
                 return _internal_error()
+            if self.meter_capacity and upstream.status == 200 and target_is_dynamodb(request):
+                await self._meter(request, operation, body, payload)
             return web.Response(
                 status=upstream.status,
                 body=payload,
@@ -158,6 +235,78 @@ class AwsProxy:
                     if k.lower() not in _HOP_HEADERS and k.lower() != "content-encoding"
                 },
             )
+
+    # -- capacity ----------------------------------------------------------------------
+
+    async def _stored_size(
+        self, request: web.Request, table: str, key: dict[str, dict[str, Any]]
+    ) -> int:
+        """The stored item's size (the key's alone if there is none), read once per key."""
+        name = table + json.dumps(key, sort_keys=True)
+        if name not in self.capacity.stored_sizes:
+            assert self._session is not None  # noqa: S101 - started
+            # moto does not check signatures: the request's own headers will do.
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+            headers["X-Amz-Target"] = "DynamoDB_20120810.GetItem"
+            query = json.dumps({"TableName": table, "Key": key, "ConsistentRead": True})
+            async with self._session.post(self.upstream + "/", headers=headers, data=query) as got:
+                found = json.loads(await got.read()) if got.status == 200 else {}
+            self.capacity.stored_sizes[name] = item_size(found.get("Item") or key)
+        return self.capacity.stored_sizes[name]
+
+    async def _write_size(self, request: web.Request, kind: str, action: dict[str, Any]) -> int:
+        if kind == "Put":
+            return item_size(action["Item"])
+        return await self._stored_size(request, action["TableName"], action["Key"])
+
+    async def _meter(
+        self, request: web.Request, operation: str, body: bytes, payload: bytes
+    ) -> None:
+        sent: dict[str, Any] = json.loads(body or b"{}")
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            kind = operation.removesuffix("Item")
+            self.capacity.add(
+                operation, write_units(await self._write_size(request, kind, sent)), write=True
+            )
+        elif operation == "TransactWriteItems":
+            # A ConditionCheck is counted as a transactional write of its item: an upper bound.
+            for entry in sent.get("TransactItems", []):
+                (kind, action), *_ = entry.items()
+                size = await self._write_size(request, kind, action)
+                self.capacity.add(operation, write_units(size, transactional=True), write=True)
+        elif operation == "BatchWriteItem":
+            for table, requests in sent.get("RequestItems", {}).items():
+                for entry in requests:
+                    if "PutRequest" in entry:
+                        size = item_size(entry["PutRequest"]["Item"])
+                    else:
+                        size = await self._stored_size(
+                            request, table, entry["DeleteRequest"]["Key"]
+                        )
+                    self.capacity.add(operation, write_units(size), write=True)
+        elif operation in ("GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"):
+            self._meter_read(operation, sent, json.loads(payload or b"{}"))
+
+    def _meter_read(self, operation: str, sent: dict[str, Any], answer: dict[str, Any]) -> None:
+        consistent = bool(sent.get("ConsistentRead"))
+        if operation == "GetItem":
+            size = item_size(answer.get("Item") or {})
+            self.capacity.add(operation, read_units(size, consistent=consistent), write=False)
+        elif operation in ("Query", "Scan"):
+            size = sum(item_size(item) for item in answer.get("Items", []))
+            self.capacity.add(operation, read_units(size, consistent=consistent), write=False)
+        elif operation == "BatchGetItem":
+            for table, items in answer.get("Responses", {}).items():
+                strong = bool(sent.get("RequestItems", {}).get(table, {}).get("ConsistentRead"))
+                for item in items:
+                    units = read_units(item_size(item), consistent=strong)
+                    self.capacity.add(operation, units, write=False)
+        else:
+            for response in answer.get("Responses", []):
+                units = read_units(
+                    item_size(response.get("Item") or {}), consistent=True, transactional=True
+                )
+                self.capacity.add(operation, units, write=False)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=True)
@@ -181,6 +330,10 @@ class AwsProxy:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
+
+
+def target_is_dynamodb(request: web.Request) -> bool:
+    return request.headers.get("X-Amz-Target", "").startswith("DynamoDB_")
 
 
 def _internal_error() -> web.Response:

@@ -236,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "demo-worker", help="run the demo workflows in a hatchet-sdk worker"
     )
-    worker.add_argument("--slots", type=int, default=50)
+    # Benchmarks with hundreds of concurrent runs need more (HATCHWAY_DEMO_SLOTS).
+    worker.add_argument(
+        "--slots", type=int, default=int(os.environ.get("HATCHWAY_DEMO_SLOTS", "50"))
+    )
     worker.set_defaults(handler=demo_worker)
 
     commands.add_parser(

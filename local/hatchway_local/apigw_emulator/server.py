@@ -39,7 +39,7 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -236,6 +236,8 @@ class ApiGatewayEmulator:
         self.connections: dict[str, Connection] = {}
         self.invocations: deque[Invocation] = deque(maxlen=1000)
         self.faults = ManagementFaults()
+        # @connections POSTs answered, per HTTP status: benchmarks count the relay's posts.
+        self.posts: Counter[int] = Counter()
         self._max_concurrency = max_concurrency
         self._extra_env = extra_env or {}
         self._verifier = SigV4Verifier(
@@ -621,6 +623,11 @@ class ApiGatewayEmulator:
         return connection
 
     async def _post_to_connection(self, request: web.Request) -> web.Response:
+        response = await self._post(request)
+        self.posts[response.status] += 1
+        return response
+
+    async def _post(self, request: web.Request) -> web.Response:
         found = await self._connection_or_gone(request)
         if isinstance(found, web.Response):
             return found

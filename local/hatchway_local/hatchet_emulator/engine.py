@@ -19,7 +19,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -226,6 +226,8 @@ class Engine:
         self.faults = SubscriptionFaults()
         self._queue: deque[TaskRun] = deque()
         self._subscriptions: set[EventSubscription] = set()
+        # Run subscriptions ever opened, per run: benchmarks count upstream subscriptions.
+        self.subscriptions_opened: Counter[str] = Counter()
         self._run_created = asyncio.Condition()
         self._children: dict[tuple[str, str], str] = {}  # (parent task, index or key) -> run id
         self._janitor: asyncio.Task[None] | None = None
@@ -562,6 +564,7 @@ class Engine:
             return None
         subscription = EventSubscription(matches=lambda r: r is run, run_id=run.run_id)
         self._subscriptions.add(subscription)
+        self.subscriptions_opened[run.run_id] += 1
         return subscription
 
     def subscribe_metadata(self, key: str, value: str) -> EventSubscription:
