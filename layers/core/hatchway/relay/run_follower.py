@@ -143,6 +143,12 @@ class RunFollower:
         self.handing_over = False
         self.log_writes = 0
 
+    def lease_renewed(self, until: float) -> None:
+        """The heartbeat renewed the lease: frames held because it was about to
+        lapse (a slow table) go out now."""
+        self.lease_until = until
+        self._release()
+
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES

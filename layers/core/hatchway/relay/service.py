@@ -360,7 +360,7 @@ class Relay:
             if isinstance(renewed, BaseException):
                 logger.warning("lease renewal failed", run_id=run_id, error=str(renewed))
             elif renewed:
-                run.follower.lease_until = lease_deadline(started, lease_s)
+                run.follower.lease_renewed(lease_deadline(started, lease_s))
                 if not run.handing_over:
                     keep.append(run)
             elif not run.handing_over and self.runs.get(run_id) is run:
