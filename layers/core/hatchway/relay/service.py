@@ -182,11 +182,19 @@ class Relay:
                 logger.warning("queue receive failed", error=str(error))
                 await asyncio.sleep(1.0)
                 continue
-            for message in messages:
-                try:
-                    await self._take(message)
-                except Exception as error:  # noqa: BLE001 - the message comes back by itself
-                    logger.warning("taking a run failed", run_id=message.run_id, error=str(error))
+            # A batch's runs are taken at once (a burst of 500 runs must not wait on
+            # one lease write after another); a run's duplicates only after its first.
+            first: dict[str, QueuedRun] = {}
+            again = [m for m in messages if first.setdefault(m.run_id, m) is not m]
+            await asyncio.gather(*(self._try_to_take(m) for m in first.values()))
+            for message in again:
+                await self._try_to_take(message)
+
+    async def _try_to_take(self, message: QueuedRun) -> None:
+        try:
+            await self._take(message)
+        except Exception as error:  # noqa: BLE001 - the message comes back by itself
+            logger.warning("taking a run failed", run_id=message.run_id, error=str(error))
 
     async def _take(self, message: QueuedRun) -> None:
         held = self.runs.get(message.run_id)
