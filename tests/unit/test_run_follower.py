@@ -491,3 +491,18 @@ async def test_frames_reach_subscribers_before_the_log_and_a_new_one_gets_them_f
     assert [f["seq"] for f in store.log] == [1, 2, 3]  # one group commit
     assert len(store.items) == 1
     assert [f["seq"] for f in late.sent] == [1, 2, 3]
+
+
+async def test_past_its_lease_a_holder_sends_and_logs_nothing_and_gives_the_run_up() -> None:
+    store = FakeStore()
+    run, sender = follower(FakeHatchet([[]]), store, status="RUNNING")
+    run.subscribers["c0"] = run_follower_module.Subscriber("c0", cursor=0, live=True)
+    await run._open()
+    run.lease_until = 0.0  # heartbeats failed: a successor may hold the run by now
+    run._on_event(event("STREAM", payload="a", index=0))
+    run._on_event(event("COMPLETED", "WORKFLOW_RUN", "{}"))
+    await run.flush()
+
+    assert sender.sent == []
+    assert store.log == []
+    assert run.lease_lost  # so the relay never deletes the run's message

@@ -448,7 +448,8 @@ class RunFollower:
             self._release()
             waiting = [t for t in (self._preparing, self._reserving) if t is not None]
             if not waiting:
-                if self._pending:  # the lease ran out (as far as this process knows)
+                if self._pending:  # the lease may have lapsed: a successor ends the run
+                    self._lost_lease()
                     break
                 continue
             await asyncio.gather(*waiting, return_exceptions=True)
