@@ -16,41 +16,69 @@ on one machine: the same demo worker, the same Hatchet emulator, the same client
 
 Runs are of ``demo-ticks``: each chunk is ``{"n", "sentAt", "pad"}``, stamped with the
 wall clock as the worker puts it, so a client's receive time minus ``sentAt`` is its
-latency (one machine, one clock). The proxy's and raw server's runs are started on
-the Hatchet emulator directly (the relay never sees them).
+latency (one machine, one clock). ``pad`` is random base64 (incompressible):
+BENCH_RELAY_PAD bytes (200: a progress message or a few tokens) in every scenario but
+the token stream, whose pad is one token's size (TOKEN_PAD, 8 bytes: each chunk is
+then about 50 bytes of JSON), so its WRU and messages per chunk are those of an LLM's
+token stream (the issue's target: at most 0.1 WRU a chunk at 50 chunks/s and 0.25
+WebSocket messages a chunk a client). The proxy's and raw server's runs are started
+on the Hatchet emulator directly (the relay never sees them).
 
 Scenarios: fan-out (one run, 1 to 1,000 clients), concurrent runs (1 to 500, one
-client each, 2 chunks/s), a token stream (50 chunks/s), a late subscriber (joins 1 s
-after the stream began) and the issue's latency baselines (1 and 100 clients at 40
-chunks/s). Fan-out rows are capped at BENCH_RELAY_MAX_DELIVERIES deliveries a second
-(4,000: 1,000 clients get 4 chunks/s) so every system can be asked on two cores.
+client each, 2 chunks/s), a token stream (50 chunks/s, 8-byte pad), a late subscriber
+(joins 1 s after the stream began) and the issue's latency baselines (1 and 100
+clients at 40 chunks/s). Fan-out rows are capped at BENCH_RELAY_MAX_DELIVERIES
+deliveries a second (4,000: 1,000 clients get 4 chunks/s) so every system can be
+asked on two cores.
+
+Scenarios do not bleed into each other: after each Hatchway scenario (and again
+before the next one) the bench waits, at most BENCH_RELAY_SETTLE seconds (120), until
+every run it started has a final ``status`` in its META item and the relay's run
+queue is empty (SQS ApproximateNumberOfMessages and ...NotVisible both 0); the wait
+is in the row's meters, and a row that started on an unsettled relay says so.
 
 Per scenario and system: delivered chunks/s, latency p50/p99, lost, duplicated and
 reordered chunks (per client, by ``n``), upstream Hatchet subscriptions per run
 (counted by the emulator), WebSocket messages per chunk per client, the server's
-CPU ms per delivered frame (utime+stime from /proc, the whole scenario) and RSS; for
-Hatchway also CPU per post (posts counted by the API Gateway emulator), DynamoDB
-requests, WRU and RRU per chunk (the relay's only; the Lambda handlers' writes go
-to moto directly and are not in them) and $ per million chunks to one client at
-list prices. Then ratios against proxy and raw, and moto's own write cost as a
-table grows (it makes every Hatchway figure on this machine slower than on AWS).
+CPU ms per delivered frame (utime+stime from /proc) and RSS; for Hatchway also CPU
+per post (posts counted by the API Gateway emulator), DynamoDB requests, WRU and RRU
+per chunk (the relay's only; the Lambda handlers' writes go to moto directly and are
+not in them) and $ per million chunks to one client at list prices. CPU is given
+twice: over the whole scenario (setup, idle and settling included) and over the
+streaming window only (first chunk received to the last, from /proc samples every
+0.1 s; /proc counts in 10 ms ticks, so a short window's figure is +-20 ms over its
+frames). A second table splits the relay's DynamoDB requests (a second) and units by
+operation, as the AwsProxy counted them. Then ratios against proxy and raw, and
+moto's own write cost as a table grows (it makes every Hatchway figure on this
+machine slower than on AWS).
 
 Clients are asyncio websockets in this process, which also hosts the Hatchet and
-API Gateway emulators (the stack's layout). A run's ``start_delay_seconds`` is set
-to cover its clients' connecting (learnt from the scenarios before it); a row whose
-clients were not all ready in time is marked ``!`` in its setup/delay column (a
-live-only system then loses the first chunks; Hatchway replays them, late). A
-Hatchway client is ready at ``subscribed``, a proxy or raw one at its handshake.
-Prints figures; asserts nothing.
+API Gateway emulators (the stack's layout). Setup is a pipeline: each run is started
+(TRIGGERING at a time) and its clients connect and subscribe as soon as it exists
+(CONNECTING at a time), while later runs are still being started. Every run's
+``start_delay_seconds`` aims at one instant for the whole scenario, so its runs
+stream together: the setup the scenarios before predicted, moved later once this
+scenario's own first units (runs started, clients ready) show a slower rate, with a
+margin; never below twice the slowest run's own setup so far, never so long that
+the task outlives hatchet-sdk's default execution timeout (60 s, then TIMED_OUT):
+at most 60 - 5 - the stream's length. When setup takes longer than that (500 runs
+here), a run's clients are still ready before its stream, but the runs stream
+staggered: the streaming-window table says how many streamed at once at the peak.
+A client not ready (``subscribed`` for Hatchway, the
+handshake for proxy and raw) when its run's delay ran out counts as not ready: the
+row's setup/delay column says ``!N`` (a live-only system then loses the first chunks;
+Hatchway replays them, late). Prints figures; asserts nothing.
 
-    make bench-relay                          (about 9 minutes here)
+    make bench-relay                          (over 11 minutes here: see the commit)
     BENCH_RELAY_QUICK=1 make bench-relay      (a tiny version of each, about 1.5 minutes)
 
 Knobs: BENCH_RELAY_SECONDS (stream length per scenario), BENCH_RELAY_FANOUT,
 BENCH_RELAY_RUNS (comma lists), BENCH_RELAY_MAX_DELIVERIES, BENCH_RELAY_PAD (bytes
-of padding per chunk), BENCH_RELAY_SYSTEMS (e.g. "hatchway,raw"), BENCH_RELAY_DRAIN
-(seconds a client waits past the stream's end), BENCH_RELAY_MOTO_SIZES; BENCH_LOG_DIR
-keeps the processes' logs. To measure another relay than the working tree's (say
+of padding per chunk but the token stream's), BENCH_RELAY_SYSTEMS (e.g.
+"hatchway,raw"), BENCH_RELAY_ONLY (scenarios whose name holds one of these
+comma-separated words), BENCH_RELAY_DRAIN (seconds a client waits past its run's
+stream end), BENCH_RELAY_SETTLE, BENCH_RELAY_MOTO_SIZES; BENCH_LOG_DIR keeps the
+processes' logs. To measure another relay than the working tree's (say
 the last commit's while the working tree's is mid-change), put its ``layers/core``
 first on PYTHONPATH: every process of the stack inherits it.
 """
@@ -58,7 +86,9 @@ first on PYTHONPATH: every process of the stack inherits it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -76,6 +106,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from hatchway_local.aws_proxy import DYNAMODB_WRITES as AWS_WRITES
 from hatchway_local.aws_proxy import AwsProxy
 from hatchway_local.stack import LocalStack
 
@@ -93,12 +124,21 @@ RUNS = _numbers("BENCH_RELAY_RUNS", "1,5" if QUICK else "1,10,100,500")
 BASELINE_CLIENTS = 10 if QUICK else 100  # the issue's "100 clients at 40 chunks/s"
 MAX_DELIVERIES = float(os.environ.get("BENCH_RELAY_MAX_DELIVERIES", "4000"))
 PAD = int(os.environ.get("BENCH_RELAY_PAD", "200"))  # a progress message or a few tokens
+TOKEN_PAD = 8  # the token stream's: one token's size
 SYSTEMS = os.environ.get("BENCH_RELAY_SYSTEMS", "hatchway,proxy,raw").split(",")
+ONLY = [word for word in os.environ.get("BENCH_RELAY_ONLY", "").split(",") if word.strip()]
 DRAIN_S = float(os.environ.get("BENCH_RELAY_DRAIN", "30"))
+SETTLE_S = float(os.environ.get("BENCH_RELAY_SETTLE", "120"))
 MOTO_SIZES = _numbers("BENCH_RELAY_MOTO_SIZES", "100,500" if QUICK else "100,2000,5000")
 MOTO_WRITES = 10 if QUICK else 25  # timed writes of each kind per size
 CONNECTING = 50  # clients opening at once (the gateway runs $connect 4 at a time)
 TRIGGERING = 8  # runs being started at once
+# demo-ticks declares no timeout: hatchet-sdk's default execution timeout (60 s) ends
+# it, TIMED_OUT, that long after it started; its start delay and stream fit in it.
+TASK_TIMEOUT_S = 60.0
+TIMEOUT_MARGIN_S = 5.0
+DELAY_MARGIN = 1.5  # start delays cover the setup predicted times this
+FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 # List prices, us-east-1, as published on 2026-12 (aws.amazon.com/dynamodb/pricing/
 # on-demand and aws.amazon.com/api-gateway/pricing WebSocket APIs).
@@ -163,6 +203,7 @@ class Scenario:
     clients: int  # per run
     rate: float  # chunks a second per run
     late_s: float | None = None  # the last client of each run joins this late
+    pad: int = PAD  # bytes of random base64 in each chunk
 
     @property
     def count(self) -> int:
@@ -172,6 +213,7 @@ class Scenario:
 @dataclass
 class Client:
     expected: int
+    run_id: str = ""
     seen: set[int] = field(default_factory=set)
     duplicates: int = 0
     reordered: int = 0
@@ -186,6 +228,10 @@ class Client:
     first_sent_ms: float = math.inf
     gaps: int = 0
     unconnected: bool = False  # never got connected and subscribed by the deadline
+    not_ready: bool = False  # ready only after its run's start delay ran out
+    chunk_frames: int = 0  # chunk frames received, repeats included
+    first_chunk_at: float = math.inf  # monotonic
+    last_chunk_at: float = -math.inf
 
     def message(self, raw: str | bytes) -> None:
         self.messages += 1
@@ -193,6 +239,10 @@ class Client:
 
     def chunk(self, data: str, received_ms: float) -> None:
         self.frames += 1
+        self.chunk_frames += 1
+        now = time.monotonic()
+        self.first_chunk_at = min(self.first_chunk_at, now)
+        self.last_chunk_at = now
         tick = json.loads(data)
         n = int(tick["n"])
         if n in self.seen:
@@ -217,6 +267,7 @@ class Run:
     started: float  # monotonic, when it was triggered
     token: str = ""
     websocket_url: str = ""
+    delay: float = 0.0  # its start_delay_seconds
 
 
 class System(Protocol):
@@ -437,6 +488,8 @@ class Meters:
     dynamodb: int = 0  # requests
     wru: float = 0.0
     rru: float = 0.0
+    operations: dict[str, int] = field(default_factory=dict)  # DynamoDB requests, per operation
+    units: dict[str, float] = field(default_factory=dict)  # WRU (writes) or RRU (reads), per op
 
     def __sub__(self, other: Meters) -> Meters:
         return Meters(
@@ -445,7 +498,88 @@ class Meters:
             self.dynamodb - other.dynamodb,
             self.wru - other.wru,
             self.rru - other.rru,
+            _minus(self.operations, other.operations),
+            _minus(self.units, other.units),
         )
+
+
+def _minus[N: (int, float)](after: dict[str, N], before: dict[str, N]) -> dict[str, N]:
+    return {op: value - before.get(op, 0) for op, value in after.items() if value != before.get(op)}
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How the wait for a quiet relay ended: its runs final, its queue empty."""
+
+    seconds: float
+    runs_left: int = 0  # runs whose META has no final status yet
+    queued: int = 0  # ApproximateNumberOfMessages
+    in_flight: int = 0  # ApproximateNumberOfMessagesNotVisible
+
+    @property
+    def ok(self) -> bool:
+        return not (self.runs_left or self.queued or self.in_flight)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{self.seconds:.1f} s"
+        return (
+            f"NOT after {self.seconds:.0f} s: {self.runs_left} runs not final,"
+            f" queue {self.queued} + {self.in_flight} in flight"
+        )
+
+
+@dataclass
+class Samples:
+    """A server's CPU seconds and the gateway's posts, sampled while a scenario runs."""
+
+    times: list[float] = field(default_factory=list)  # monotonic
+    cpu: list[float] = field(default_factory=list)
+    posts: list[float] = field(default_factory=list)
+
+    def add(self, cpu: float, posts: int) -> None:
+        self.times.append(time.monotonic())
+        self.cpu.append(cpu)
+        self.posts.append(posts)
+
+    def at(self, values: list[float], when: float) -> float:
+        """Linear between the samples around ``when``; the nearest end outside them."""
+        index = bisect.bisect_left(self.times, when)
+        if index == 0:
+            return values[0]
+        if index == len(self.times):
+            return values[-1]
+        t0, t1 = self.times[index - 1], self.times[index]
+        share = (when - t0) / (t1 - t0) if t1 > t0 else 1.0
+        return values[index - 1] + share * (values[index] - values[index - 1])
+
+
+@dataclass
+class Schedule:
+    """When a scenario's runs begin to stream: one instant for all of them (``target``),
+    first the setup the scenarios before predicted, moved later once this scenario's
+    own first units show a slower rate; a run's delay never drops below twice the
+    slowest run's own setup so far (trigger to its last client ready)."""
+
+    began: float
+    units: int  # runs + their clients
+    target: float  # monotonic
+    longest: float  # the longest delay a run may get
+    done: int = 0  # units set up: runs started, clients ready
+    slowest_run_s: float = 0.0
+
+    def delay(self) -> float:
+        now = time.monotonic()
+        enough = min(self.units, max(16, self.units // 20))  # the first few
+        if self.done >= enough:
+            projected = (now - self.began) / self.done * self.units
+            self.target = max(self.target, self.began + 1.5 + DELAY_MARGIN * projected)
+        floor = max(1.5, 2 * self.slowest_run_s)
+        return round(min(self.longest, max(floor, self.target - now)), 2)
+
+    def ready(self, run: Run, at: float) -> None:
+        self.done += 1
+        self.slowest_run_s = max(self.slowest_run_s, at - run.started)
 
 
 @dataclass
@@ -455,12 +589,18 @@ class Result:
     clients: list[Client]
     upstream_per_run: float
     setup_s: float
-    delay_s: float
+    delays: list[float]
     cpu_s: float
     rss_mb: float
     wall_s: float
+    window_s: float = math.nan  # first chunk received to the last
+    window_cpu_s: float = math.nan
+    window_posts: float = math.nan
     meters: Meters = field(default_factory=Meters)
     table_items: int = 0
+    before: Settled | None = None  # the wait for the runs before this scenario's
+    settled: Settled | None = None  # the wait for this scenario's own runs
+    gateway_busy: bool = False  # handler calls still in flight 60 s after the clients ended
 
     @property
     def delivered(self) -> int:
@@ -475,8 +615,27 @@ class Result:
         return sum(c.frames for c in self.clients)
 
     @property
+    def window_frames(self) -> int:
+        return sum(c.chunk_frames for c in self.clients)
+
+    @property
     def chunks_produced(self) -> int:
         return self.scenario.runs * self.scenario.count
+
+    @property
+    def peak_streaming(self) -> int:
+        """The most runs streaming at once (a run: its first chunk received to its last)."""
+        spans: dict[str, list[float]] = {}
+        for c in self.clients:
+            if c.chunk_frames:
+                span = spans.setdefault(c.run_id, [c.first_chunk_at, c.last_chunk_at])
+                span[0], span[1] = min(span[0], c.first_chunk_at), max(span[1], c.last_chunk_at)
+        edges = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+        return max(itertools.accumulate(step for _, step in edges), default=0)
+
+    @property
+    def not_ready(self) -> int:
+        return sum(c.not_ready or c.unconnected for c in self.clients)
 
 
 @dataclass
@@ -490,55 +649,132 @@ class Bench:
         default_factory=lambda: {"hatchway": 0.03, "proxy": 0.006, "raw": 0.006}
     )
     results: list[Result] = field(default_factory=list)
+    pending: set[str] = field(default_factory=set)  # Hatchway runs not seen final yet
+    settled_last: bool = True  # the last wait ended with a quiet relay
+    _dynamodb: Any = None
+    _sqs: Any = None
 
     def meters(self) -> Meters:
         assert self.stack.gateway is not None  # noqa: S101 - started
         posts = self.stack.gateway.posts
+        operations = {op: self.aws_proxy.counts[op] for op in DYNAMODB_OPERATIONS}
         return Meters(
             posts=posts[200],
             refused=sum(posts.values()) - posts[200],
-            dynamodb=sum(self.aws_proxy.counts[op] for op in DYNAMODB_OPERATIONS),
+            dynamodb=sum(operations.values()),
             wru=self.aws_proxy.capacity.wru,
             rru=self.aws_proxy.capacity.rru,
+            operations={op: n for op, n in operations.items() if n},
+            units=dict(self.aws_proxy.capacity.per_operation),
         )
+
+    # -- a quiet relay between scenarios --------------------------------------------------
+
+    def _quiet_now(self) -> tuple[int, int, set[str]]:
+        """The run queue's depth (visible, in flight) and which pending runs are final.
+        Straight to moto, not through the relay's AwsProxy: not in any row's meters."""
+        import boto3  # noqa: PLC0415 - only the moto parts need it
+
+        aws = self.stack.aws
+        assert aws is not None  # noqa: S101 - started
+        if self._sqs is None:
+            self._sqs = boto3.client("sqs", **aws.client_kwargs())
+            self._dynamodb = boto3.client("dynamodb", **aws.client_kwargs())
+        attributes = self._sqs.get_queue_attributes(
+            QueueUrl=aws.queue_url("RunQueue"),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        queued = int(attributes["ApproximateNumberOfMessages"])
+        in_flight = int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        final: set[str] = set()
+        if not queued and not in_flight:  # META is read only once the queue is drained
+            ids = sorted(self.pending)
+            for start in range(0, len(ids), 100):
+                keys = [
+                    {"pk": {"S": f"RUN#{i}"}, "sk": {"S": "META"}} for i in ids[start : start + 100]
+                ]
+                request: dict[str, Any] = {
+                    aws.table_name: {
+                        "Keys": keys,
+                        "ConsistentRead": True,
+                        "ProjectionExpression": "pk, #s",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                    }
+                }
+                while request:
+                    answer = self._dynamodb.batch_get_item(RequestItems=request)
+                    for item in answer["Responses"].get(aws.table_name, []):
+                        if item.get("status", {}).get("S") in FINAL_STATUSES:
+                            final.add(item["pk"]["S"].removeprefix("RUN#"))
+                    request = answer.get("UnprocessedKeys") or {}
+        return queued, in_flight, final
+
+    async def settle(self, timeout_s: float = SETTLE_S, *, give_up: bool = False) -> Settled:
+        """Until every pending run is final in META and the run queue is empty, at most
+        ``timeout_s``; with ``give_up``, runs still pending then are forgotten (the row
+        says so), else the next wait waits for them again."""
+        began = time.monotonic()
+        while True:
+            queued, in_flight, final = await asyncio.to_thread(self._quiet_now)
+            self.pending -= final
+            waited = time.monotonic() - began
+            if not (self.pending or queued or in_flight) or waited >= timeout_s:
+                settled = Settled(waited, len(self.pending), queued, in_flight)
+                self.settled_last = settled.ok
+                if give_up:
+                    self.pending.clear()
+                return settled
+            await asyncio.sleep(1.0)  # a polling period
+
+    # -- one scenario ------------------------------------------------------------------------
 
     async def measure(self, scenario: Scenario, system: System) -> Result:
         assert self.stack.hatchet is not None  # noqa: S101 - started
         assert self.stack.gateway is not None  # noqa: S101
+        hatchway = system.name == "hatchway"
+        # Normally at once: the scenario before waited for its own runs already.
+        before = None
+        if hatchway:
+            before = await self.settle(5.0 if self.settled_last else SETTLE_S, give_up=True)
         units = scenario.runs + scenario.runs * scenario.clients
-        delay = min(60.0, 1.5 + 1.5 * self.per_unit_s[system.name] * units)
-        ticks = {
-            "count": scenario.count,
-            "rate_per_second": scenario.rate,
-            "pad_bytes": PAD,
-            "start_delay_seconds": round(delay, 2),
-        }
-        before = self.meters()
+        meters_before = self.meters()
         pid = system.pid()
         cpu_before = cpu_seconds(pid)
         began = time.monotonic()
-        triggering = asyncio.Semaphore(TRIGGERING)
-
-        async def start() -> Run:
-            async with triggering:
-                return await system.start_run(ticks)
-
-        runs = await asyncio.gather(*(start() for _ in range(scenario.runs)))
+        schedule = Schedule(
+            began,
+            units,
+            target=began + 1.5 + DELAY_MARGIN * self.per_unit_s[system.name] * units,
+            longest=TASK_TIMEOUT_S - TIMEOUT_MARGIN_S - scenario.count / scenario.rate,
+        )
+        samples = Samples()
         rss = [rss_mb(pid)]
 
-        async def sample_rss() -> None:
-            while True:
-                await asyncio.sleep(0.5)  # a sampling period
-                rss.append(rss_mb(pid))
+        async def sample() -> None:
+            for tick in itertools.count():
+                samples.add(
+                    cpu_seconds(pid), self.stack.gateway.posts[200] if self.stack.gateway else 0
+                )
+                if tick % 5 == 0:
+                    rss.append(rss_mb(pid))
+                await asyncio.sleep(0.1)  # a sampling period
 
-        sampler = asyncio.create_task(sample_rss())
+        sampler = asyncio.create_task(sample())
         try:
-            clients, ready = await self.follow_all(scenario, system, runs, delay)
+            runs, clients, ready = await self.set_up_and_follow(scenario, system, schedule)
         finally:
             sampler.cancel()
-        if system.name == "hatchway":
-            await self.stack.gateway.idle(timeout_s=60)  # the $disconnect calls are done
-        setup = (max(ready) - min(r.started for r in runs)) if ready else 0.0
+        samples.add(cpu_seconds(pid), self.stack.gateway.posts[200])
+        settled = None
+        gateway_busy = False
+        if hatchway:
+            try:
+                await self.stack.gateway.idle(timeout_s=60)  # the $disconnect calls are done
+            except TimeoutError:  # said in the row, not fatal: the figures so far stand
+                gateway_busy = True
+            self.pending.update(r.run_id for r in runs)
+            settled = await self.settle()
+        setup = (max(ready) - began) if ready else 0.0
         if len(ready) >= 20:  # a small scenario's setup is fixed costs, not per client
             self.per_unit_s[system.name] = setup / units
         opened = self.stack.hatchet.engine.subscriptions_opened
@@ -548,30 +784,44 @@ class Bench:
             clients,
             upstream_per_run=sum(opened[r.run_id] for r in runs) / len(runs),
             setup_s=setup,
-            delay_s=delay,
+            delays=[r.delay for r in runs],
             cpu_s=cpu_seconds(pid) - cpu_before,
             rss_mb=max(rss),
             wall_s=time.monotonic() - began,
+            before=before,
+            settled=settled,
+            gateway_busy=gateway_busy,
         )
-        if system.name == "hatchway":
-            result.meters = self.meters() - before
+        streamed = [c for c in clients if c.chunk_frames]
+        if streamed:
+            first = min(c.first_chunk_at for c in streamed)
+            last = max(c.last_chunk_at for c in streamed)
+            result.window_s = last - first
+            result.window_cpu_s = samples.at(samples.cpu, last) - samples.at(samples.cpu, first)
+            result.window_posts = samples.at(samples.posts, last) - samples.at(samples.posts, first)
+        if hatchway:
+            result.meters = self.meters() - meters_before
             result.table_items = await asyncio.to_thread(self.table_items)
         return result
 
-    async def follow_all(
-        self, scenario: Scenario, system: System, runs: list[Run], delay: float
-    ) -> tuple[list[Client], list[float]]:
-        """Every client of every run to its run's end (bounded); when each was ready."""
+    async def set_up_and_follow(
+        self, scenario: Scenario, system: System, schedule: Schedule
+    ) -> tuple[list[Run], list[Client], list[float]]:
+        """Start every run and, as each exists, connect its clients, then follow them all
+        to their run's end (bounded); the runs, the clients, when each was ready."""
+        triggering = asyncio.Semaphore(TRIGGERING)
         connecting = asyncio.Semaphore(CONNECTING)
-        # After the last trigger, a run's stream ends by its own start + delay + length.
-        deadline = max(r.started for r in runs) + delay + scenario.count / scenario.rate + DRAIN_S
+        length = scenario.count / scenario.rate
+        runs: list[Run] = []
         ready: list[float] = []
 
         async def client(run: Run, *, late: bool) -> Client:
-            record = Client(expected=scenario.count)
+            record = Client(expected=scenario.count, run_id=run.run_id)
+            # The run's stream ends by its own start + delay + length.
+            deadline = run.started + run.delay + length + DRAIN_S
             if late and scenario.late_s is not None:
                 # Joins late_s after the run's stream began (its start delay is known).
-                began = run.started + delay + scenario.late_s
+                began = run.started + run.delay + scenario.late_s
                 await asyncio.sleep(max(0.0, began - time.monotonic()))
             try:
                 # Bounded: a client whose connect or subscribe is never answered (a
@@ -584,6 +834,8 @@ class Bench:
             record.opened = time.monotonic()
             if not late:
                 ready.append(record.opened)
+                schedule.ready(run, record.opened)
+                record.not_ready = record.opened - run.started > run.delay
             try:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
@@ -593,14 +845,29 @@ class Bench:
                 await socket.close()
             return record
 
-        clients = await asyncio.gather(
-            *(
-                client(run, late=scenario.late_s is not None and index == scenario.clients - 1)
-                for run in runs
-                for index in range(scenario.clients)
+        async def one_run() -> list[Client]:
+            async with triggering:
+                delay = schedule.delay()
+                ticks = {
+                    "count": scenario.count,
+                    "rate_per_second": scenario.rate,
+                    "pad_bytes": scenario.pad,
+                    "start_delay_seconds": delay,
+                }
+                run = await system.start_run(ticks)
+            run.delay = delay
+            runs.append(run)
+            schedule.done += 1
+            late = scenario.late_s is not None
+            return await asyncio.gather(
+                *(
+                    client(run, late=late and index == scenario.clients - 1)
+                    for index in range(scenario.clients)
+                )
             )
-        )
-        return list(clients), ready
+
+        per_run = await asyncio.gather(*(one_run() for _ in range(scenario.runs)))
+        return runs, [c for clients in per_run for c in clients], ready
 
     def table_items(self) -> int:
         assert self.stack.aws is not None  # noqa: S101
@@ -743,6 +1010,36 @@ def cpu_per_frame_ms(result: Result | None) -> float:
     return result.cpu_s * 1000 / max(1, result.frames) if result is not None else math.nan
 
 
+def stream_cpu_per_frame_ms(result: Result | None) -> float:
+    """Over the streaming window only: its CPU over the chunk frames received in it."""
+    if result is None or not result.window_frames:
+        return math.nan
+    return result.window_cpu_s * 1000 / result.window_frames
+
+
+def stream_cpu_per_post_ms(result: Result) -> float:
+    if not result.window_posts or math.isnan(result.window_posts):
+        return math.nan
+    return result.window_cpu_s * 1000 / result.window_posts
+
+
+def delays_text(result: Result) -> str:
+    low, high = min(result.delays), max(result.delays)
+    return f"{low:.1f}" if high - low < 0.05 else f"{low:.1f}-{high:.1f}"
+
+
+def scenario_text(result: Result) -> str:
+    """The scenario's name, and a warning when it started on a relay still busy."""
+    name = result.scenario.name
+    if result.before is not None and not result.before.ok:
+        name += f" (!runs before: {result.before})"
+    if result.gateway_busy:
+        name += " (!gateway: handler calls in flight 60 s after)"
+    if result.settled is not None and not result.settled.ok:
+        name += f" (!own runs: {result.settled})"
+    return name
+
+
 def chunks_per_second(result: Result) -> float:
     """Deliveries a second while streaming: per client, its chunks over the time from
     the first one's put to the last one's arrival (plus one chunk's interval), summed.
@@ -760,11 +1057,11 @@ def row(result: Result) -> str:
     produced = result.chunks_produced
     messages = sum(c.messages for c in result.clients)
     hatchway = result.system == "hatchway"
-    late_setup = " !" if result.setup_s > result.delay_s else ""
+    late_setup = f" !{result.not_ready}" if result.not_ready else ""
     gaps = sum(c.gaps for c in result.clients)
     unconnected = sum(c.unconnected for c in result.clients)
     cells = [
-        result.scenario.name,
+        scenario_text(result),
         result.system,
         _f(chunks_per_second(result), 0),
         _f(statistics.median(latencies) if latencies else math.nan),
@@ -776,9 +1073,11 @@ def row(result: Result) -> str:
         str(sum(c.reordered for c in result.clients)),
         _f(result.upstream_per_run, 2),
         _f(messages / max(1, result.delivered), 2),
-        f"{result.setup_s:.1f}/{result.delay_s:.1f}{late_setup}",
+        f"{result.setup_s:.1f}/{delays_text(result)}{late_setup}",
         _f(cpu_per_frame_ms(result), 3),
         _f(result.cpu_s * 1000 / max(1, result.meters.posts), 3) if hatchway else "-",
+        _f(stream_cpu_per_frame_ms(result), 3),
+        _f(stream_cpu_per_post_ms(result), 3) if hatchway else "-",
         _f(result.rss_mb, 0),
         _f(result.meters.dynamodb / produced, 2) if hatchway else "-",
         _f(result.meters.wru / produced, 2) if hatchway else "-",
@@ -791,9 +1090,68 @@ def row(result: Result) -> str:
 
 HEADER = (
     "| scenario | system | chunks/s | p50 ms | p99 ms | lost | dup | reord | upstream subs/run"
-    " | msgs/chunk/client | setup/delay s | CPU ms/frame | CPU ms/post | RSS MB"
+    " | msgs/chunk/client | setup/delay s | CPU ms/frame | CPU ms/post"
+    " | stream CPU ms/frame | stream CPU ms/post | RSS MB"
     " | DDB req/chunk | WRU/chunk | RRU/chunk | $/1M chunks | table items |"
 )
+
+
+# The operations' order in the table; any other the relay makes follows them.
+OPERATION_ORDER = ("PutItem", "UpdateItem", "Query", "GetItem", "DeleteItem", "BatchWriteItem")
+
+
+def dynamodb_table(results: list[Result]) -> list[str]:
+    """The relay's DynamoDB requests a second (over the scenario's wall time, its
+    settling included) and units by operation: WRU for writes, RRU for reads."""
+    rows = [r for r in results if r.system == "hatchway"]
+    seen = {op for r in rows for op in r.meters.operations}
+    operations = [op for op in OPERATION_ORDER if op in seen]
+    operations += sorted(seen - set(OPERATION_ORDER))
+    lines = [
+        "| scenario | wall s | settled in | DDB req/s | WRU/s | "
+        + " | ".join(f"{op} req/s | {op} {'WRU' if _writes(op) else 'RRU'}" for op in operations)
+        + " |",
+        "|" + "---|" * (5 + 2 * len(operations)),
+    ]
+    for r in rows:
+        wall = max(r.wall_s, 1e-9)
+        cells = [
+            scenario_text(r),
+            f"{r.wall_s:.1f}",
+            str(r.settled) if r.settled is not None else "-",
+            f"{r.meters.dynamodb / wall:.1f}",
+            f"{r.meters.wru / wall:.1f}",
+        ]
+        for op in operations:
+            cells.append(f"{r.meters.operations.get(op, 0) / wall:.1f}")
+            cells.append(f"{r.meters.units.get(op, 0.0):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _writes(operation: str) -> bool:
+    return operation in AWS_WRITES
+
+
+def window_table(results: list[Result]) -> list[str]:
+    lines = [
+        "| scenario | system | window s | CPU ms in window | chunk frames | posts"
+        " | stream CPU ms/frame | stream CPU ms/post | whole CPU ms/frame | whole CPU s"
+        " | peak runs streaming |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        hatchway = r.system == "hatchway"
+        lines.append(
+            f"| {r.scenario.name} | {r.system} | {_f(r.window_s, 2)}"
+            f" | {_f(r.window_cpu_s * 1000, 0)} | {r.window_frames}"
+            f" | {_f(r.window_posts, 0) if hatchway else '-'}"
+            f" | {_f(stream_cpu_per_frame_ms(r), 3)}"
+            f" | {_f(stream_cpu_per_post_ms(r), 3) if hatchway else '-'}"
+            f" | {_f(cpu_per_frame_ms(r), 3)} | {r.cpu_s:.2f}"
+            f" | {r.peak_streaming}/{r.scenario.runs} |"
+        )
+    return lines
 
 
 def _ratio(a: float, b: float) -> str:
@@ -805,8 +1163,9 @@ def ratios(results: list[Result]) -> list[str]:
     lines = [
         "| scenario | p50 hatchway/proxy | p99 hatchway/proxy | p50 hatchway/raw"
         " | p99 hatchway/raw | CPU/frame hatchway/proxy | CPU/frame hatchway/raw"
+        " | stream CPU/frame hatchway/proxy | stream CPU/frame hatchway/raw"
         " | chunks/s hatchway/raw |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r.scenario.name for r in results):
         h, p, w = by.get((name, "hatchway")), by.get((name, "proxy")), by.get((name, "raw"))
@@ -818,6 +1177,8 @@ def ratios(results: list[Result]) -> list[str]:
             f" | {_ratio(pct(h, 0.5), pct(w, 0.5))} | {_ratio(pct(h, 0.99), pct(w, 0.99))}"
             f" | {_ratio(cpu_per_frame_ms(h), cpu_per_frame_ms(p))}"
             f" | {_ratio(cpu_per_frame_ms(h), cpu_per_frame_ms(w))}"
+            f" | {_ratio(stream_cpu_per_frame_ms(h), stream_cpu_per_frame_ms(p))}"
+            f" | {_ratio(stream_cpu_per_frame_ms(h), stream_cpu_per_frame_ms(w))}"
             f" | {_ratio(chunks_per_second(h), rate_w)} |"
         )
     return lines
@@ -832,12 +1193,14 @@ def scenarios() -> list[Scenario]:
         rate = min(40.0, MAX_DELIVERIES / clients)
         found.append(Scenario(f"fan-out {clients} @{rate:g}/s", 1, clients, rate))
     found.extend(Scenario(f"{runs} runs x1 @2/s", runs, 1, 2.0) for runs in RUNS)
-    found.append(Scenario("tokens 1 @50/s", 1, 1, 50.0))
+    found.append(Scenario(f"tokens 1 @50/s pad {TOKEN_PAD}", 1, 1, 50.0, pad=TOKEN_PAD))
     found.append(Scenario("late join 1+1 @10/s", 1, 2, 10.0, late_s=1.0))
     # The issue's latency baselines; fan-out rows already at 40/s stand for them.
     for clients in (1, BASELINE_CLIENTS):
         if not any(s.clients == clients and s.rate == 40.0 and s.runs == 1 for s in found):
             found.append(Scenario(f"latency {clients} @40/s", 1, clients, 40.0))
+    if ONLY:
+        found = [s for s in found if any(word.strip() in s.name for word in ONLY)]
     return found
 
 
@@ -852,7 +1215,8 @@ async def main() -> None:
     os.environ["HATCHWAY_DEMO_SLOTS"] = str(slots)  # the stack's worker inherits it
     say(
         f"relay bench{' (QUICK)' if QUICK else ''}: {len(plan)} scenarios x {SYSTEMS},"
-        f" {SECONDS:g} s of stream each, chunks of {PAD} bytes padding; worker slots {slots};"
+        f" {SECONDS:g} s of stream each, chunks of {PAD} bytes padding (the token stream's"
+        f" {TOKEN_PAD}: a token); worker slots {slots};"
         f" load average {os.getloadavg()[0]:.2f} (2 cores)"
     )
     with tempfile.TemporaryDirectory() as scratch:
@@ -885,6 +1249,8 @@ async def main() -> None:
                             result = await bench.measure(scenario, systems[name])
                             bench.results.append(result)
                             say(f"  {row(result)}")
+                            if result.settled is not None:
+                                say(f"    settled: {result.settled}; DDB: {op_summary(result)}")
                 finally:
                     for server in served:
                         await server.close()
@@ -909,6 +1275,22 @@ def report(results: list[Result], moto: list[tuple[int, dict[str, float]]], wall
     for line in ratios(results):
         say(line)
     say()
+    say(
+        "The relay's DynamoDB by operation (requests a second over the scenario's wall time,"
+        " settling included; units as the AwsProxy sized them):"
+    )
+    say()
+    for line in dynamodb_table(results):
+        say(line)
+    say()
+    say(
+        "The streaming window (first chunk received to the last): each system's CPU in it"
+        " (/proc, 10 ms ticks), against the whole scenario's:"
+    )
+    say()
+    for line in window_table(results):
+        say(line)
+    say()
     say("| table items | PutItem ms | UpdateItem ms | TransactWriteItems ms |")
     say("|---|---|---|---|")
     for items, timings in moto:
@@ -916,6 +1298,15 @@ def report(results: list[Result], moto: list[tuple[int, dict[str, float]]], wall
             f"| {items} | {timings['PutItem']:.1f} | {timings['UpdateItem']:.1f}"
             f" | {timings['TransactWriteItems']:.1f} |"
         )
+
+
+def op_summary(result: Result) -> str:
+    wall = max(result.wall_s, 1e-9)
+    return ", ".join(
+        f"{op} {n / wall:.1f}/s {result.meters.units.get(op, 0.0):.1f}"
+        f" {'WRU' if _writes(op) else 'RRU'}"
+        for op, n in sorted(result.meters.operations.items(), key=lambda item: -item[1])
+    )
 
 
 def serve(kind: str) -> None:
