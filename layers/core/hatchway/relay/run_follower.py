@@ -455,7 +455,8 @@ class RunFollower:
             await asyncio.gather(*waiting, return_exceptions=True)
             if self._failure is not None:
                 raise self._failure
-        await self._commit()
+        while self._unlogged and not self.lease_lost:  # frames sent during a commit too
+            await self._commit()
 
     async def _commit(self) -> None:
         """One group commit of what was sent: an item per 400 KB, in order."""
