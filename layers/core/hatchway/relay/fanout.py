@@ -94,7 +94,7 @@ class ConnectionSender:
     def send(self, frames: list[Frame]) -> None:
         if not frames or self.closed:
             return
-        size = _estimate(frames)
+        size = estimate_bytes(frames)
         self._queue.put_nowait((frames, size))
         self.queued_bytes += size
         if self.queued_bytes > self.max_queued_bytes:
@@ -273,6 +273,6 @@ class ConnectionSender:
         await self.on_gone(self.connection_id)
 
 
-def _estimate(frames: list[Frame]) -> int:
+def estimate_bytes(frames: list[Frame]) -> int:
     """About how many bytes ``frames`` take as JSON, without encoding them."""
     return sum(len(frame.get("data") or "") + FRAME_OVERHEAD_BYTES for frame in frames)

@@ -12,6 +12,7 @@ Credentials still come from botocore's chain and refresh through it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from datetime import UTC, datetime
@@ -43,6 +44,14 @@ class SigV4Signer:
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
             self._keys = {(secret, day): key}  # one day's key at a time
         return key
+
+    def refresh_needed(self) -> bool:
+        """Whether botocore would refresh the credentials (an HTTP call) on next use."""
+        needed = getattr(self._credentials, "refresh_needed", None)
+        return bool(needed and needed())
+
+    def refresh(self) -> None:
+        self._credentials.get_frozen_credentials()
 
     def headers(
         self, method: str, url: str, body: bytes, now: datetime | None = None
@@ -126,6 +135,8 @@ class AsyncConnections:
     async def _call(self, method: str, connection_id: str, body: bytes = b"") -> int:
         """The response's status; UnavailableError when there was none."""
         url = f"{self._endpoint}/@connections/{quote(connection_id, safe='')}"
+        if self._signer.refresh_needed():  # fetching credentials blocks: off the loop
+            await asyncio.to_thread(self._signer.refresh)
         headers = self._signer.headers(method, url, body)
         try:
             async with self._session().request(

@@ -49,7 +49,7 @@ from hatchway.protocol import (
 )
 from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
 
-from .fanout import ConnectionSender
+from .fanout import ConnectionSender, estimate_bytes
 
 RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 BACKLOG_PAGE = 1000  # frames read from the log at a time for a new subscriber
@@ -66,9 +66,6 @@ def lease_deadline(renewed_at: float, lease_s: float) -> float:
     """Until when (monotonic) a holder that asked for its lease at ``renewed_at`` may
     send and log: a margin before the lease ends (a quarter of short test leases)."""
     return renewed_at + lease_s - min(LEASE_MARGIN_S, lease_s / 4)
-
-
-FRAME_OVERHEAD_BYTES = 100  # a frame's JSON around its data, for the commit's size
 
 
 class LogUnavailableError(Exception):
@@ -401,7 +398,7 @@ class RunFollower:
         for subscriber in list(self.subscribers.values()):
             self._deliver(subscriber, frames)
         self._unlogged.extend(frames)
-        self._unlogged_bytes += sum(len(f.get("data") or "") + FRAME_OVERHEAD_BYTES for f in frames)
+        self._unlogged_bytes += estimate_bytes(frames)
         if self._reserved - int(frames[-1]["seq"]) < self._seq_block // 2:
             self._reserve_ahead()
         if self.final or self._unlogged_bytes >= self._log_commit_bytes:
@@ -481,11 +478,7 @@ class RunFollower:
                 self._logged_indexes = indexes
                 self._index_marks = [m for m in self._index_marks if m[0] > last]
                 del self._unlogged[: len(batch)]
-                self._unlogged_bytes = max(
-                    0,
-                    self._unlogged_bytes
-                    - sum(len(f.get("data") or "") + FRAME_OVERHEAD_BYTES for f in batch),
-                )
+                self._unlogged_bytes -= estimate_bytes(batch)
                 status = next((f for f in reversed(batch) if f["type"] == "status"), None)
                 if status is not None and not await self._update_run(status=str(status["status"])):
                     self._lost_lease()

@@ -39,6 +39,7 @@ from hatchway.store import RunRecord, Store, Subscription
 from .fanout import ConnectionSender, DeliveryStats, ManagementApi
 from .run_follower import RunFollower, lease_deadline
 
+SENDER_SWEEP_S = 1.0  # how often idle senders are looked for (not every poll tick)
 SUBSCRIPTION_OVERLAP_MS = 5_000  # re-read this far back: writers' clocks and commits lag
 HANDOVER_POLL_S = 0.1  # how often both sides of a handover look at the run
 
@@ -75,6 +76,7 @@ class Relay:
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay-io")
         self.runs: dict[str, HeldRun] = {}
         self.senders: dict[str, ConnectionSender] = {}
+        self._swept_at = float("-inf")
         self.delivered = DeliveryStats()
         self._stopping = asyncio.Event()
         self._successors: dict[str, asyncio.Task[None]] = {}
@@ -369,8 +371,7 @@ class Relay:
                 logger.warning("lease renewal failed", run_id=run_id, error=str(renewed))
             elif renewed:
                 run.follower.lease_renewed(lease_deadline(started, lease_s))
-                if not run.handing_over:
-                    keep.append(run)
+                keep.append(run)
             elif not run.handing_over and self.runs.get(run_id) is run:
                 logger.warning("lease taken by another relay", run_id=run_id)
                 run.follower.lease_lost = True
@@ -447,6 +448,10 @@ class Relay:
         """A sender ends with its connection's last subscription here, once it has
         posted all it holds: a relay serving connections for days keeps no task or
         queue for each one it ever served."""
+        now = time.monotonic()
+        if now - self._swept_at < SENDER_SWEEP_S:
+            return
+        self._swept_at = now
         subscribed = {c for held in self.runs.values() for c in held.follower.subscribers}
         for connection_id, sender in list(self.senders.items()):
             if connection_id in subscribed or sender.closed or not sender.idle:
