@@ -28,7 +28,11 @@ from .hatchet_emulator.server import HatchetEmulator
 # Template parameters the local stack deploys with. AllowedWorkflows has no default
 # in template.yaml (a deploy names its workflows); locally, the demo worker's.
 # The local stack is open: the emulator serves POST /runs without its authorizer.
-LOCAL_PARAMETERS = {"AllowedWorkflows": "demo-stream,demo-fail,demo-file,demo-big-chunk,demo-ticks"}
+# The demo page (another origin) calls the HTTP API from the browser: CORS for any origin.
+LOCAL_PARAMETERS = {
+    "AllowedWorkflows": "demo-stream,demo-fail,demo-file,demo-big-chunk,demo-ticks",
+    "CorsAllowOrigins": "*",
+}
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -335,10 +335,11 @@ def test_an_unknown_path_is_404(backend: Backend) -> None:
 # -- the OpenAPI document -----------------------------------------------------------------
 
 
-def test_openapi_is_off_by_default(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+def _in_process_settings(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The trigger's settings for an app built in this process, on the backend's AWS."""
     for name, value in {**backend.aws.environment(), **backend.hatchet.settings()}.items():
         monkeypatch.setenv(name, value)
-    base = {
+    return {
         "TABLE_NAME": backend.aws.table_name,
         "RUN_QUEUE_URL": backend.aws.queue_url("RunQueue"),
         "TOKEN_SIGNING_KEY": SIGNING_KEY,
@@ -346,6 +347,10 @@ def test_openapi_is_off_by_default(backend: Backend, monkeypatch: pytest.MonkeyP
         "ALLOWED_WORKFLOWS": WORKFLOW,
         "WEBSOCKET_URL": "wss://example.test/prod",
     }
+
+
+def test_openapi_is_off_by_default(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = _in_process_settings(backend, monkeypatch)
     off = TriggerSettings(**base)
     assert off.openapi_enabled is False
     with ASGIClient(build_app(off)) as client:
@@ -449,3 +454,34 @@ def test_the_api_keeps_to_its_openapi_document(fuzz: Fuzz, method: str, path: st
         case.call_and_validate(session=fuzz.client, checks=CHECKS)
 
     keeps_to_it()
+
+
+def test_cors_lets_a_frontends_origin_read_runs_and_nothing_else(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frontend on its own origin reads GET /runs/{id} and /frames with a run token:
+    the preflight is answered for the allowed origin only, and every answer (errors
+    too) carries the header the browser needs; with no origins set, none does."""
+    base = _in_process_settings(backend, monkeypatch)
+    app_origin = "https://app.example"
+    preflight = {
+        "Origin": app_origin,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    settings = TriggerSettings(**base, CORS_ALLOW_ORIGINS=f"{app_origin}, https://other.example")
+    with ASGIClient(build_app(settings)) as client:
+        answer = client.options("/runs/r-1/frames", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == app_origin
+        assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+        refused = client.options(
+            "/runs/r-1", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in refused.headers
+        unauthorized = client.get("/runs/r-1", headers={"Origin": app_origin})
+        assert error_of(unauthorized) == (401, "unauthorized")
+        assert unauthorized.headers["access-control-allow-origin"] == app_origin
+    with ASGIClient(build_app(TriggerSettings(**base))) as client:
+        answer = client.get("/runs/r-1", headers={"Origin": app_origin})
+        assert "access-control-allow-origin" not in answer.headers

@@ -199,11 +199,18 @@ class TriggerSettings(TableSettings, TokenKeySettings, PayloadSettings):
     websocket_url: str = Field(min_length=1, alias="WEBSOCKET_URL")
     # Serve the API's OpenAPI document at GET /openapi.json (off: the route is a 404).
     openapi_enabled: bool = Field(default=False, alias="OPENAPI_ENABLED")
+    # Origins whose browser code may call the API (comma-separated, or "*"): the
+    # run-token routes are read by frontends on their own origin. Empty: no CORS.
+    cors_allow_origins: str = Field(default="", alias="CORS_ALLOW_ORIGINS")
     hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
     @property
     def workflow_allow_list(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.allowed_workflows.split(",") if name.strip())
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.cors_allow_origins.split(",") if o.strip())
 
 
 class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings):

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import grpc
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
@@ -277,6 +278,7 @@ def create_app(
     websocket_url: str,
     payloads: Payloads,  # mints URLs for offloaded payloads as frames are read
     openapi: bool = False,  # serve the OpenAPI document at /openapi.json
+    cors_origins: tuple[str, ...] = (),  # browser origins allowed to call the API
 ) -> FastAPI:
     app = _TriggerApp(
         title="Hatchway",
@@ -286,6 +288,16 @@ def create_app(
         openapi_url="/openapi.json" if openapi else None,
     )
     app.add_middleware(_Guard)
+    if cors_origins:
+        # Outermost, so every answer (a 413 from the guard too) carries the headers. A
+        # preflight reaches the function through the $default route, unauthorized.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
@@ -419,4 +431,5 @@ def build_app(settings: TriggerSettings) -> FastAPI:
         websocket_url=settings.websocket_url,
         payloads=wiring.payloads(settings),
         openapi=settings.openapi_enabled,
+        cors_origins=settings.cors_origins,
     )
