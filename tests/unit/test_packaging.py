@@ -8,6 +8,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -45,14 +46,14 @@ def lock_layers() -> ModuleType:
 @pytest.mark.parametrize("function", WEBSOCKET_FUNCTIONS)
 def test_websocket_functions_import_neither_hatchet_grpc_nor_fastapi(function: str) -> None:
     cold = import_function(REPO_ROOT / "functions" / function, [RUNTIME], isolated=False)
-    for heavy in (*NOT_IN_WEBSOCKET_FUNCTIONS, *LOCAL_TOOLING):
+    for heavy in (*NOT_IN_WEBSOCKET_FUNCTIONS, *LOCAL_TOOLING, "hatchway.client"):
         assert not loaded(cold.modules, heavy), f"{function} imports {heavy}"
     assert loaded(cold.modules, "hatchway")
 
 
 def test_the_trigger_starts_runs_without_hatchet_sdk() -> None:
     cold = import_function(REPO_ROOT / "functions" / "trigger", [RUNTIME], isolated=False)
-    for heavy in ("hatchet_sdk", *LOCAL_TOOLING):
+    for heavy in ("hatchet_sdk", *LOCAL_TOOLING, "hatchway.client"):
         assert not loaded(cold.modules, heavy), f"the trigger imports {heavy}"
     assert loaded(cold.modules, "grpc")
     assert loaded(cold.modules, "fastapi")
@@ -68,17 +69,42 @@ def test_the_runtime_package_never_imports_local_tooling_or_the_sdk() -> None:
         "websockets",
     }
     for path in (RUNTIME / "hatchway").rglob("*.py"):
-        # The relay (its image, never a layer) posts over aiohttp; no function does.
-        relay = path.parent.name == "relay"
-        banned = forbidden if relay else forbidden | {"aiohttp", "yarl"}
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+        # The relay (its image, never a layer) posts over aiohttp, and the Python client
+        # (the `client` extra, for applications) speaks HTTP and WebSocket over it; no
+        # function does.
+        package = path.relative_to(RUNTIME / "hatchway").parts[0]
+        aiohttp_allowed = package in ("relay", "client")
+        banned = forbidden if aiohttp_allowed else forbidden | {"aiohttp", "yarl"}
+        for name in imported_names(path):
+            assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+            if package != "client":  # nothing of the runtime reaches the client
+                assert not loaded([name], "hatchway.client"), f"{path.name} imports {name}"
+
+
+def test_no_function_imports_the_python_client() -> None:
+    """The client is for applications: no function's code names it, and its extra
+    stays out of the Lambda layers (the cold imports above check the module graphs)."""
+    for path in (REPO_ROOT / "functions").rglob("*.py"):
+        for name in imported_names(path):
+            assert not loaded([name], "hatchway.client"), f"{path} imports {name}"
+    layers = set(read_pins(RUNTIME / "requirements.txt")) | set(
+        read_pins(RUNTIME / "requirements-trigger.txt")
+    )
+    assert "aiohttp" not in layers
+    assert "yarl" not in layers
+    module = lock_layers()
+    client_extra = {normalize(r.split(">")[0]) for r in module.runtime_requirements({"client"})}
+    assert {"aiohttp", "yarl"} <= client_extra  # the extra is declared, and not locked
+
+
+def imported_names(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
 
 
 def test_the_layers_requirements_are_generated_from_the_lock() -> None:
