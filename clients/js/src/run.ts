@@ -1,0 +1,619 @@
+/** One run followed over the shared socket (or over HTTP while the socket cannot connect). */
+
+import { backoffDelay } from "./backoff.js";
+import type { SharedSocket, Subscriber } from "./connection.js";
+import { HatchwayError, RunFailedError, abortError, errorFromResponse } from "./errors.js";
+import type {
+  ChunkFrame,
+  ConnectionInfo,
+  ConnectionState,
+  ErrorFrame,
+  FollowOptions,
+  Frame,
+  RunEventName,
+  RunEvents,
+  ServerFrame,
+  StatusFrame,
+  StorageLike,
+} from "./types.js";
+
+/** What a Run needs of its client. */
+export interface RunContext {
+  baseUrl: string | undefined;
+  fetch: typeof fetch;
+  getToken: ((runId: string) => string | Promise<string>) | undefined;
+  fetchReferences: boolean;
+  storage: StorageLike | null;
+  random: () => number;
+  baseMs: number;
+  capMs: number;
+  socketFor(websocketUrl: string): SharedSocket;
+  track(run: Run): void;
+  untrack(run: Run): void;
+}
+
+export interface RunInit {
+  runId: string;
+  token: string;
+  websocketUrl: string;
+  workflow?: string;
+  status?: string;
+  expiresAt?: string;
+}
+
+interface Session {
+  readonly promise: Promise<StatusFrame>;
+  readonly resolve: (frame: StatusFrame) => void;
+  readonly reject: (error: unknown) => void;
+  readonly storageKey: string | undefined;
+  readonly signal: AbortSignal | undefined;
+  readonly onAbort: (() => void) | undefined;
+  socket: SharedSocket | null;
+}
+
+const FAILED = new Set(["FAILED", "CANCELLED", "TIMED_OUT"]);
+const FATAL_CODES = new Set(["not_found", "forbidden", "bad_request", "too_large"]);
+const REFERENCE_TRIES = 4;
+const MAX_UNAUTHORIZED_STREAK = 3;
+const PAGES_PER_CATCH_UP = 10_000;
+
+/** A queue one frames() iterator reads. */
+class FrameQueue {
+  private readonly buffer: Frame[] = [];
+  private ended = false;
+  private failed = false;
+  private error: unknown;
+  private waiter: { resolve: (r: IteratorResult<Frame>) => void; reject: (e: unknown) => void } | null = null;
+
+  push(frame: Frame): void {
+    if (this.ended || this.failed) return;
+    const waiter = this.waiter;
+    if (waiter) {
+      this.waiter = null;
+      waiter.resolve({ value: frame, done: false });
+    } else this.buffer.push(frame);
+  }
+
+  end(): void {
+    this.ended = true;
+    const waiter = this.waiter;
+    if (waiter) {
+      this.waiter = null;
+      waiter.resolve({ value: undefined, done: true });
+    }
+  }
+
+  /** `drop`: throw at once (abort) rather than after what is buffered. */
+  fail(error: unknown, drop: boolean): void {
+    if (this.ended || this.failed) return;
+    this.failed = true;
+    this.error = error;
+    if (drop) this.buffer.length = 0;
+    const waiter = this.waiter;
+    if (waiter) {
+      this.waiter = null;
+      waiter.reject(error);
+    }
+  }
+
+  next(): Promise<IteratorResult<Frame>> {
+    const frame = this.buffer.shift();
+    if (frame !== undefined) return Promise.resolve({ value: frame, done: false });
+    if (this.failed) return Promise.reject(this.error);
+    if (this.ended) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+    });
+  }
+}
+
+type Handler = (...args: never[]) => void;
+
+export class Run {
+  readonly runId: string;
+  /** The run token; replaced by what getToken returns when the server refuses the old one. */
+  token: string;
+  readonly websocketUrl: string;
+  /** From start(): the workflow, the status and the token's expiry POST /runs answered. */
+  readonly workflow: string | undefined;
+  readonly initialStatus: string | undefined;
+  readonly expiresAt: string | undefined;
+
+  private readonly context: RunContext;
+  private lastDelivered = 0;
+  private accepted = 0; // the highest seq taken into the pipeline: the next subscribe's `after`
+  private readonly history: Frame[] = [];
+  private finalFrame: StatusFrame | null = null;
+  private session: Session | null = null;
+  private readonly pending: Frame[] = [];
+  private pumping = false;
+  private unauthorizedStreak = 0;
+  private connectionState: ConnectionState = "closed";
+  private readonly listeners = new Map<RunEventName, Set<Handler>>();
+  private readonly iterators = new Set<FrameQueue>();
+
+  /** @internal Use HatchwayClient.start() or attach(). */
+  constructor(context: RunContext, init: RunInit) {
+    this.context = context;
+    this.runId = init.runId;
+    this.token = init.token;
+    this.websocketUrl = init.websocketUrl;
+    this.workflow = init.workflow;
+    this.initialStatus = init.status;
+    this.expiresAt = init.expiresAt;
+  }
+
+  /** The highest seq delivered (to handlers and iterators). */
+  get lastSeq(): number {
+    return this.lastDelivered;
+  }
+
+  /** The connection this run is followed on, as last reported ("closed" when not following). */
+  get connection(): ConnectionState {
+    return this.connectionState;
+  }
+
+  /** The final status frame once it has been delivered, else null. */
+  get final(): StatusFrame | null {
+    return this.finalFrame;
+  }
+
+  /** The frames delivered so far, in seq order (a copy). */
+  delivered(): Frame[] {
+    return this.history.slice();
+  }
+
+  on<E extends RunEventName>(event: E, handler: RunEvents[E]): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    const h = handler as unknown as Handler;
+    set.add(h);
+    return () => {
+      set.delete(h);
+    };
+  }
+
+  private emit<E extends RunEventName>(event: E, ...args: Parameters<RunEvents[E]>): void {
+    const set = this.listeners.get(event);
+    if (!set) return;
+    for (const handler of [...set]) {
+      try {
+        (handler as unknown as (...a: Parameters<RunEvents[E]>) => void)(...args);
+      } catch (error) {
+        reportHandlerError(error);
+      }
+    }
+  }
+
+  /**
+   * Follow the run (for the event handlers alone, or under frames(), text(), result()).
+   * Resolves with the final status frame; rejects with a HatchwayError when the run cannot
+   * be followed, with signal.reason on abort, or with an AbortError after close().
+   */
+  follow(options: FollowOptions = {}): Promise<StatusFrame> {
+    if (this.finalFrame) return Promise.resolve(this.finalFrame);
+    if (this.session) return this.session.promise;
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const storageKey = options.resumeKey === undefined ? undefined : `hatchway:${options.resumeKey}`;
+    let after = options.after;
+    if (after === undefined && storageKey !== undefined) after = this.readStored(storageKey);
+    if (after !== undefined && this.history.length === 0 && Number.isFinite(after) && after > 0) {
+      this.accepted = this.lastDelivered = Math.floor(after);
+    }
+    let resolve!: (frame: StatusFrame) => void;
+    let reject!: (error: unknown) => void;
+    const promise = new Promise<StatusFrame>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => undefined); // the caller may not await it; its rejection is not unhandled
+    const onAbort = signal ? () => this.abort(signal.reason) : undefined;
+    const session: Session = { promise, resolve, reject, storageKey, signal, onAbort, socket: null };
+    this.session = session;
+    this.unauthorizedStreak = 0;
+    this.context.track(this);
+    if (signal && onAbort) signal.addEventListener("abort", onAbort, { once: true });
+    const subscriber = this.subscriber(session);
+    const socket = this.context.socketFor(this.websocketUrl);
+    session.socket = socket;
+    socket.add(subscriber);
+    return promise;
+  }
+
+  /**
+   * Each sequenced frame (chunk, file, status, gap) exactly once, in seq order; ends after the
+   * final status. Frames this Run already delivered are yielded first. Abort: throws signal.reason.
+   */
+  async *frames(options: FollowOptions = {}): AsyncGenerator<Frame, void, undefined> {
+    const { signal } = options;
+    if (signal?.aborted) throw signal.reason;
+    const queue = new FrameQueue();
+    const from = options.after;
+    for (const frame of this.history) if (from === undefined || frame.seq > from) queue.push(frame);
+    if (this.finalFrame) queue.end();
+    const startedHere = !this.session && !this.finalFrame;
+    let onAbort: (() => void) | undefined;
+    if (!this.finalFrame) {
+      this.iterators.add(queue);
+      const following = this.follow(options);
+      following.catch(() => undefined);
+      if (signal && !startedHere) {
+        onAbort = () => this.abort(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+      }
+    }
+    let complete = false;
+    try {
+      for (;;) {
+        const result = await queue.next();
+        if (result.done) {
+          complete = true;
+          return;
+        }
+        yield result.value;
+      }
+    } catch (error) {
+      complete = true;
+      throw error;
+    } finally {
+      this.iterators.delete(queue);
+      if (signal && onAbort) signal.removeEventListener("abort", onAbort);
+      // a loop left early (break) stops a follow it started, unless someone else reads the run
+      if (!complete && startedHere && this.iterators.size === 0) this.close();
+    }
+  }
+
+  /** The whole streamed text: the chunks' data concatenated in seq order, once the run is final. */
+  async text(options: FollowOptions = {}): Promise<string> {
+    await this.follow(options);
+    let text = "";
+    for (const frame of this.history) if (frame.type === "chunk") text += frame.data ?? "";
+    return text;
+  }
+
+  /** The final status frame; rejects RunFailedError when it is FAILED, CANCELLED or TIMED_OUT. */
+  async result(options: FollowOptions = {}): Promise<StatusFrame> {
+    const frame = await this.follow(options);
+    if (FAILED.has(frame.status)) throw new RunFailedError(frame);
+    return frame;
+  }
+
+  /** The same frame with a fresh url (GET /runs/{id}/frames?after=seq-1&limit=1). */
+  async refresh<F extends Frame>(frame: F): Promise<F> {
+    const body = await this.getJson(`frames?after=${Math.max(0, frame.seq - 1)}&limit=1`);
+    const frames = Array.isArray((body as { frames?: unknown }).frames) ? (body as { frames: Frame[] }).frames : [];
+    const fresh = frames.find((f) => f && f.seq === frame.seq);
+    if (!fresh) {
+      throw new HatchwayError("not_found", `frame ${frame.seq} of run ${this.runId} is no longer retained`, {
+        runId: this.runId,
+      });
+    }
+    return fresh as F;
+  }
+
+  /** Stop following (unsubscribe). frames() iterators end; a pending follow() rejects with an AbortError. */
+  close(): void {
+    const session = this.session;
+    if (!session) return;
+    this.teardown(session, true);
+    for (const queue of [...this.iterators]) queue.end();
+    this.iterators.clear();
+    session.reject(abortError(`stopped following run ${this.runId}`));
+  }
+
+  private abort(reason: unknown): void {
+    const session = this.session;
+    if (!session) return;
+    this.teardown(session, true);
+    for (const queue of [...this.iterators]) queue.fail(reason, true);
+    this.iterators.clear();
+    session.reject(reason);
+  }
+
+  private fail(session: Session, error: Error, unsubscribe: boolean): void {
+    if (this.session !== session) return;
+    this.teardown(session, unsubscribe);
+    this.emit("error", error);
+    for (const queue of [...this.iterators]) queue.fail(error, false);
+    this.iterators.clear();
+    session.reject(error);
+  }
+
+  private teardown(session: Session, unsubscribe: boolean): void {
+    this.session = null;
+    this.pending.length = 0;
+    this.pumping = false;
+    this.accepted = this.lastDelivered;
+    if (session.signal && session.onAbort) session.signal.removeEventListener("abort", session.onAbort);
+    session.socket?.remove(this.runId, unsubscribe);
+    this.context.untrack(this);
+    this.setConnection("closed", {});
+  }
+
+  private setConnection(state: ConnectionState, info: ConnectionInfo): void {
+    if (state === this.connectionState && Object.keys(info).length === 0) return;
+    this.connectionState = state;
+    this.emit("connection", state, info);
+  }
+
+  private subscriber(session: Session): Subscriber {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const run = this;
+    return {
+      runId: this.runId,
+      get token() {
+        return run.token;
+      },
+      get resumeAfter() {
+        return run.accepted;
+      },
+      receive: (frame) => {
+        if (this.session === session) this.receive(session, frame);
+      },
+      connectionError: (frame) => {
+        if (this.session === session) this.emit("error", new HatchwayError(frame.code, frame.message));
+      },
+      state: (state, info) => {
+        if (this.session === session) this.setConnection(state, info);
+      },
+      catchUp: () => this.catchUp(session),
+      fatal: (error) => this.fail(session, error, false),
+    };
+  }
+
+  private receive(session: Session, frame: ServerFrame): void {
+    switch (frame.type) {
+      case "chunk":
+      case "file":
+      case "status":
+      case "gap":
+        this.enqueue(session, frame);
+        return;
+      case "error":
+        this.errorFrame(session, frame);
+        return;
+      default:
+        return; // subscribed, unsubscribed
+    }
+  }
+
+  private errorFrame(session: Session, frame: ErrorFrame): void {
+    const error = new HatchwayError(frame.code, frame.message, { runId: this.runId });
+    if (frame.code === "unauthorized") {
+      void this.renewToken(session, error);
+    } else if (FATAL_CODES.has(frame.code)) {
+      this.fail(session, error, false);
+    } else {
+      this.emit("error", error);
+      if (frame.code === "internal") {
+        const delay = backoffDelay(1, this.context.baseMs, this.context.capMs, this.context.random);
+        setTimeout(() => {
+          if (this.session === session) session.socket?.resubscribe(this.runId);
+        }, delay);
+      }
+    }
+  }
+
+  /** The server refused the token (it expired mid-stream): get a fresh one, subscribe again with `after`. */
+  private async renewToken(session: Session, error: HatchwayError): Promise<void> {
+    const getToken = this.context.getToken;
+    if (!getToken || ++this.unauthorizedStreak > MAX_UNAUTHORIZED_STREAK) {
+      this.fail(session, error, false);
+      return;
+    }
+    this.emit("error", error);
+    try {
+      const token = await getToken(this.runId);
+      if (this.session !== session) return;
+      this.token = token;
+      session.socket?.resubscribe(this.runId);
+    } catch (cause) {
+      this.fail(session, asError(cause), false);
+    }
+  }
+
+  private enqueue(session: Session, frame: Frame): void {
+    if (typeof frame.seq !== "number" || frame.seq <= this.accepted) return; // a re-sent frame
+    this.accepted = frame.seq;
+    this.pending.push(frame);
+    if (!this.pumping) this.pump(session);
+  }
+
+  /** Deliver what is pending, in order; a by-reference frame holds the ones after it until it is fetched. */
+  private pump(session: Session): void {
+    this.pumping = true;
+    while (this.session === session) {
+      const frame = this.pending[0];
+      if (frame === undefined) break;
+      if (this.needsFetch(frame)) {
+        void this.fetchThenPump(session, frame);
+        return;
+      }
+      this.pending.shift();
+      this.deliver(session, frame);
+    }
+    if (this.session === session) this.pumping = false;
+  }
+
+  private async fetchThenPump(session: Session, frame: Frame): Promise<void> {
+    let full: Frame;
+    try {
+      full = await this.resolveReference(session, frame);
+    } catch (error) {
+      this.fail(session, asError(error), true);
+      return;
+    }
+    if (this.session !== session) return;
+    this.pending.shift();
+    this.deliver(session, full);
+    this.pump(session);
+  }
+
+  private needsFetch(frame: Frame): boolean {
+    if (frame.type === "chunk") return this.context.fetchReferences && !!frame.url && frame.data === undefined;
+    return frame.type === "status" && !!frame.url;
+  }
+
+  /** Fetch a chunk's data or a status's full frame; an expired url (403...) is refreshed and fetched again. */
+  private async resolveReference(session: Session, frame: Frame): Promise<Frame> {
+    let current = frame as ChunkFrame | StatusFrame;
+    let lastError: unknown;
+    for (let attempt = 0; attempt < REFERENCE_TRIES; attempt++) {
+      if (this.session !== session) return frame;
+      if (attempt > 1) await sleep(backoffDelay(attempt - 2, this.context.baseMs, this.context.capMs, this.context.random));
+      if (attempt > 0) {
+        try {
+          current = (await this.refresh(frame)) as ChunkFrame | StatusFrame;
+        } catch (error) {
+          if (error instanceof HatchwayError && FATAL_CODES.has(error.code)) throw error;
+          lastError = error;
+          continue;
+        }
+      }
+      const url = current.url;
+      if (!url) return current; // the refreshed frame came inline
+      try {
+        const response = await this.context.fetch(url);
+        if (response.ok) {
+          if (current.type === "chunk") {
+            return { ...current, data: await response.text() };
+          }
+          const full = (await response.json()) as StatusFrame;
+          return { ...full, type: "status", runId: this.runId, seq: frame.seq };
+        }
+        lastError = new HatchwayError(
+          response.status === 403 ? "forbidden" : "reference_unavailable",
+          `fetching the ${frame.type} frame ${frame.seq} by reference: HTTP ${response.status}`,
+          { status: response.status, runId: this.runId },
+        );
+      } catch (error) {
+        lastError = error;
+      }
+    }
+    throw new HatchwayError(
+      "reference_unavailable",
+      `the ${frame.type} frame ${frame.seq} of run ${this.runId} could not be fetched by reference`,
+      { runId: this.runId, cause: lastError },
+    );
+  }
+
+  private deliver(session: Session, frame: Frame): void {
+    this.lastDelivered = frame.seq;
+    this.unauthorizedStreak = 0;
+    if (session.storageKey !== undefined) this.store(session.storageKey, String(frame.seq));
+    this.history.push(frame);
+    const isFinal = frame.type === "status" && frame.final;
+    if (isFinal) {
+      this.finalFrame = frame;
+      if (session.storageKey !== undefined) this.store(session.storageKey, null);
+    }
+    this.emit("frame", frame);
+    switch (frame.type) {
+      case "chunk":
+        this.emit("chunk", frame);
+        break;
+      case "file":
+        this.emit("file", frame);
+        break;
+      case "status":
+        this.emit("status", frame);
+        break;
+      case "gap":
+        this.emit("gap", frame);
+        break;
+    }
+    for (const queue of [...this.iterators]) queue.push(frame);
+    if (isFinal && this.session === session) {
+      this.teardown(session, false);
+      for (const queue of [...this.iterators]) queue.end();
+      this.iterators.clear();
+      session.resolve(frame as StatusFrame);
+    }
+  }
+
+  /** HTTP fallback: GET /runs/{id}/frames?after=last, following `next` until `final` or an empty page. */
+  private async catchUp(session: Session): Promise<void> {
+    let after = this.accepted;
+    for (let page = 0; page < PAGES_PER_CATCH_UP; page++) {
+      if (this.session !== session) return;
+      let body: { frames?: unknown; next?: unknown; final?: unknown };
+      try {
+        body = (await this.getJson(`frames?after=${after}`)) as typeof body;
+      } catch (error) {
+        if (error instanceof HatchwayError && (FATAL_CODES.has(error.code) || error.code === "unauthorized")) {
+          this.fail(session, error, false);
+          return;
+        }
+        throw error;
+      }
+      if (this.session !== session) return;
+      const frames = Array.isArray(body.frames) ? (body.frames as Frame[]) : [];
+      for (const frame of frames) {
+        if (this.session !== session) return;
+        if (frame && typeof frame === "object") this.enqueue(session, { ...frame, runId: this.runId });
+      }
+      const last = frames[frames.length - 1];
+      if (body.final === true || last === undefined) return;
+      const next = typeof body.next === "number" ? body.next : last.seq;
+      if (next <= after) return;
+      after = next;
+    }
+  }
+
+  /** GET {baseUrl}/runs/{id}/{path} with the run token; one 401 asks getToken and tries again. */
+  private async getJson(path: string): Promise<unknown> {
+    const base = this.context.baseUrl;
+    if (!base) throw new HatchwayError("no_base_url", "the client has no baseUrl for the HTTP API", { runId: this.runId });
+    const url = `${base.replace(/\/+$/, "")}/runs/${encodeURIComponent(this.runId)}/${path}`;
+    let response = await this.httpGet(url);
+    if (response.status === 401 && this.context.getToken) {
+      this.token = await this.context.getToken(this.runId);
+      response = await this.httpGet(url);
+    }
+    if (!response.ok) throw await errorFromResponse(response, this.runId);
+    return response.json();
+  }
+
+  private async httpGet(url: string): Promise<Response> {
+    try {
+      return await this.context.fetch(url, { headers: { Authorization: `Bearer ${this.token}` } });
+    } catch (cause) {
+      throw new HatchwayError("network_error", `GET ${url} failed: ${String(cause)}`, { runId: this.runId, cause });
+    }
+  }
+
+  private readStored(key: string): number | undefined {
+    try {
+      const value = this.context.storage?.getItem(key);
+      if (value === null || value === undefined) return undefined;
+      const seq = Number(value);
+      return Number.isFinite(seq) && seq >= 0 ? seq : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private store(key: string, value: string | null): void {
+    try {
+      if (value === null) this.context.storage?.removeItem(key);
+      else this.context.storage?.setItem(key, value);
+    } catch {
+      // storage full or refused: resuming is best effort
+    }
+  }
+}
+
+function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function reportHandlerError(error: unknown): void {
+  const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+  if (typeof report === "function") report(error);
+  else console.error("hatchway-client: an event handler threw", error);
+}
