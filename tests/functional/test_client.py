@@ -1,0 +1,430 @@
+"""hatchway.client against a scripted Hatchway (tests/functional/fake_hatchway.py): a
+real aiohttp server on 127.0.0.1 with a real WebSocket. Each test scripts what the
+server does and asserts what the client sent back (subscribe's `after`, unsubscribe,
+GET /frames) as well as what it delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from hatchway.client import (
+    ConnectionState,
+    Frame,
+    HatchwayClient,
+    HatchwayError,
+    Run,
+    RunFailedError,
+)
+from tests.functional.fake_hatchway import FRESH, STALE, FakeHatchway, Received, chunk, final
+
+pytestmark = pytest.mark.functional
+
+WAIT_S = 20  # a bound, not a measure
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake() -> AsyncIterator[FakeHatchway]:
+    server = await FakeHatchway().start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+class Delays:
+    """An injected sleep: records each backoff delay, waits no time."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seen.append(seconds)
+        await asyncio.sleep(0)
+
+
+def client_for(fake: FakeHatchway, **options: Any) -> HatchwayClient:
+    options.setdefault("sleep", Delays())
+    return HatchwayClient(fake.url, websocket_url=fake.ws_url, **options)
+
+
+def words_log(run_id: str, words: int) -> list[Frame]:
+    return [*(chunk(run_id, n, f"w{n} ") for n in range(1, words + 1)), final(run_id, words + 1)]
+
+
+async def follow(run: Run, after: int | None = None) -> list[Frame]:
+    async with asyncio.timeout(WAIT_S):
+        return [frame async for frame in run.frames(after=after)]
+
+
+def seqs(frames: list[Frame]) -> list[int]:
+    return [f["seq"] for f in frames]
+
+
+def subscribes(fake: FakeHatchway, run_id: str) -> list[tuple[int, int, str]]:
+    """(connection, after, token) of each subscribe the client sent for the run."""
+    return [
+        (r.connection, r.message["after"], r.message["token"])
+        for r in fake.messages("subscribe", run_id)
+    ]
+
+
+# -- resume -------------------------------------------------------------------------------
+
+
+async def test_a_dropped_socket_resumes_with_after_and_no_frame_comes_twice(
+    fake: FakeHatchway,
+) -> None:
+    run_log = words_log("r1", 6)
+    fake.add_run("r1", run_log)
+
+    async def script(connection: int, subscribe: dict[str, Any]) -> None:
+        if connection == 0:  # three frames one by one, then the gateway drops the socket
+            await fake.replay(connection, subscribe, upto=3)
+            await fake.drop(connection)
+        else:  # the server re-sends the frame at `after` (allowed): the client drops it
+            await fake.replay(connection, {**subscribe, "after": subscribe["after"] - 1})
+
+    fake.on_subscribe = script
+    async with client_for(fake) as client:
+        frames = await follow(client.attach("r1", "token-r1"))
+
+    assert frames == run_log  # 1..7 once each, in order
+    assert subscribes(fake, "r1") == [(0, 0, "token-r1"), (1, 3, "token-r1")]
+    assert len(fake.sockets) == 2
+
+
+async def test_reconnects_back_off_with_full_jitter_capped_and_reset_once_open(
+    fake: FakeHatchway,
+) -> None:
+    fake.add_run("r1", words_log("r1", 4))
+    fake.refuse_connects = 4
+
+    async def script(connection: int, subscribe: dict[str, Any]) -> None:
+        await fake.replay(connection, subscribe, upto=2 if connection == 0 else 0)
+        if connection == 0:
+            await fake.drop(connection)
+
+    fake.on_subscribe = script
+    delays = Delays()
+    states: list[ConnectionState] = []
+    async with client_for(
+        fake,
+        random=lambda: 1.0,
+        backoff_base_s=0.01,
+        backoff_cap_s=0.04,
+        fallback_after=100,
+        sleep=delays,
+    ) as client:
+        run = client.attach("r1", "token-r1")
+        run.on_connection = states.append
+        frames = await follow(run)
+
+    assert seqs(frames) == [1, 2, 3, 4, 5]
+    # 4 refused connects: 0.01 * 2**n capped at 0.04; open resets; the drop waits 0.01.
+    assert delays.seen == pytest.approx([0.01, 0.02, 0.04, 0.04, 0.01])
+    assert len(fake.connect_tokens) == 6
+    assert states[0] == "connecting"
+    assert states.count("open") == 2
+    assert states[-1] == "closed"
+
+
+async def test_backoff_is_random_times_the_capped_ceiling(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 1))
+    fake.refuse_connects = 3
+    delays = Delays()
+    async with client_for(
+        fake,
+        random=lambda: 0.5,
+        backoff_base_s=1.0,
+        backoff_cap_s=3.0,
+        fallback_after=100,
+        sleep=delays,
+    ) as client:
+        await follow(client.attach("r1", "token-r1"))
+    assert delays.seen == pytest.approx([0.5, 1.0, 1.5])
+
+
+# -- what the run carries ---------------------------------------------------------------------
+
+
+async def test_a_gap_is_surfaced_in_order(fake: FakeHatchway) -> None:
+    gap = {"type": "gap", "runId": "r1", "seq": 6, "reason": "relay lost", "skipped": [3, 5]}
+    run_log = [chunk("r1", 1, "a"), chunk("r1", 2, "b"), gap, chunk("r1", 7, "c"), final("r1", 8)]
+    fake.add_run("r1", run_log)
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        frames = await follow(run)
+        text = await run.text()
+    assert frames == run_log
+    assert frames[2] == gap
+    assert text == "abc"
+
+
+async def test_a_by_reference_chunk_is_fetched_and_an_expired_url_asked_again(
+    fake: FakeHatchway,
+) -> None:
+    big = "ß" * 100_000
+    whole_final = final("r1", 4, output={"words": 2, "big": "o" * 10})
+    file_frame = {
+        "type": "file",
+        "runId": "r1",
+        "seq": 3,
+        "name": "report.txt",
+        "contentType": "text/plain",
+        "size": 5,
+        "sha256": "ab" * 32,
+        "url": fake.blob_url("report", b"hello"),
+        "expiresAt": "2099-01-01T00:00:00Z",
+    }
+    fake.add_run(
+        "r1",
+        [
+            chunk("r1", 1, "small "),
+            {
+                "type": "chunk",
+                "runId": "r1",
+                "seq": 2,
+                "size": len(big.encode()),
+                "url": fake.blob_url("big", big.encode()),  # expired: 403 until refreshed
+                "expiresAt": "2000-01-01T00:00:00Z",
+            },
+            file_frame,
+            {
+                "type": "status",
+                "runId": "r1",
+                "seq": 4,
+                "status": "COMPLETED",
+                "final": True,
+                "size": 99,
+                "url": fake.blob_url("final", json.dumps(whole_final).encode(), sig=FRESH),
+            },
+        ],
+    )
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        frames = await follow(run)
+        result = await run.result()
+
+    assert frames[1]["data"] == big
+    assert frames[2] == file_frame  # files are passed as they are: url, size, sha256
+    assert frames[3] == whole_final
+    assert result == whole_final
+    assert fake.downloads == [("big", STALE, 403), ("big", FRESH, 200), ("final", FRESH, 200)]
+    assert [(r["after"], r["limit"], r["token"]) for r in fake.frame_requests] == [
+        (1, 1, "token-r1")
+    ]
+
+
+async def test_references_are_left_alone_without_fetch_references(fake: FakeHatchway) -> None:
+    reference = {"type": "chunk", "runId": "r1", "seq": 1, "size": 3}
+    fake.add_run("r1", [{**reference, "url": fake.blob_url("c", b"abc")}, final("r1", 2)])
+    async with client_for(fake, fetch_references=False) as client:
+        run = client.attach("r1", "token-r1")
+        frames = await follow(run)
+        fresh = await run.refresh(frames[0])
+        text = await run.text()  # text() needs the data: it fetches regardless
+    assert "data" not in frames[0]
+    assert fresh["url"].endswith(f"?sig={FRESH}")
+    assert text == "abc"
+    assert fake.downloads == [("c", STALE, 403), ("c", FRESH, 200)]
+
+
+# -- tokens and refusals ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_unauthorized_asks_get_token_and_resubscribes_with_after(
+    fake: FakeHatchway, kind: str
+) -> None:
+    run = fake.add_run("r1", words_log("r1", 4), token="old")
+
+    async def script(connection: int, subscribe: dict[str, Any]) -> None:
+        if subscribe["token"] == "old":  # the token expires mid-stream
+            await fake.replay(connection, subscribe, upto=2)
+            run.tokens = set()
+            message = "the run token has expired; subscribe again with after=2"
+            await fake.send(
+                connection,
+                {"type": "error", "code": "unauthorized", "runId": "r1", "message": message},
+            )
+        else:
+            await fake.replay(connection, subscribe)
+
+    fake.on_subscribe = script
+    asked: list[str] = []
+
+    def sync_token(run_id: str) -> str:
+        asked.append(run_id)
+        run.tokens.add("new")
+        return "new"
+
+    async def async_token(run_id: str) -> str:
+        await asyncio.sleep(0)
+        return sync_token(run_id)
+
+    get_token = sync_token if kind == "sync" else async_token
+    async with client_for(fake, get_token=get_token) as client:
+        followed = client.attach("r1", "old")
+        frames = await follow(followed)
+
+    assert seqs(frames) == [1, 2, 3, 4, 5]
+    assert asked == ["r1"]
+    assert subscribes(fake, "r1") == [(0, 0, "old"), (0, 2, "new")]
+    assert followed.token == "new"
+
+
+async def test_unauthorized_without_get_token_fails_the_run(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2))
+    fake.add_run("r2", words_log("r2", 2))
+    async with client_for(fake) as client:
+        with pytest.raises(HatchwayError) as raised:
+            await follow(client.attach("r2", "token-r1"))  # a valid token, another run's
+    assert raised.value.code == "unauthorized"
+
+
+async def test_a_run_that_does_not_exist_fails_with_not_found(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2))
+    async with client_for(fake) as client:
+        with pytest.raises(HatchwayError) as raised:
+            await follow(client.attach("nope", "token-r1"))
+    assert raised.value.code == "not_found"
+
+
+# -- the HTTP fallback ------------------------------------------------------------------------------
+
+
+async def test_failed_connects_fall_back_to_http_then_the_websocket_again(
+    fake: FakeHatchway,
+) -> None:
+    run_log = words_log("r1", 6)
+    fake.add_run("r1", run_log).http_upto = 4  # what the log holds while the socket is down
+
+    async def script(connection: int, subscribe: dict[str, Any]) -> None:
+        await fake.replay(connection, subscribe, upto=2 if connection == 0 else 0)
+        if connection == 0:
+            fake.refuse_connects = 3
+            await fake.drop(connection)
+
+    fake.on_subscribe = script
+    states: list[ConnectionState] = []
+    async with client_for(fake, fallback_after=3) as client:
+        run = client.attach("r1", "token-r1")
+        run.on_connection = states.append
+        frames = await follow(run)
+
+    assert frames == run_log
+    # after=2 gave 3..4 (next 4, not final); after=4 was empty: back to the WebSocket
+    assert [(r["after"], r["token"]) for r in fake.frame_requests] == [
+        (2, "token-r1"),
+        (4, "token-r1"),
+    ]
+    assert subscribes(fake, "r1") == [(0, 0, "token-r1"), (1, 4, "token-r1")]
+    assert len(fake.connect_tokens) == 5  # open, 3 refused, open
+    assert states.count("fallback") == 1
+    assert states.index("fallback") < len(states) - 1 - states[::-1].index("open")
+    assert states[-1] == "closed"
+
+
+# -- one socket, many runs; stopping ---------------------------------------------------------------
+
+
+async def test_two_runs_share_one_socket(fake: FakeHatchway) -> None:
+    logs = {run_id: words_log(run_id, 3) for run_id in ("r1", "r2")}
+    for run_id, run_log in logs.items():
+        fake.add_run(run_id, run_log)
+    held: list[Received] = []
+
+    async def hold(connection: int, subscribe: dict[str, Any]) -> None:
+        held.append(Received(connection, subscribe))
+
+    fake.on_subscribe = hold
+    async with client_for(fake) as client:
+        tasks = [asyncio.create_task(follow(client.attach(r, f"token-{r}"))) for r in logs]
+        await fake.until(lambda: len(held) == 2)
+        for subscribe in held:  # both are subscribed before either frame is sent
+            await fake.replay(subscribe.connection, subscribe.message)
+        results = await asyncio.gather(*tasks)
+
+    assert results == list(logs.values())
+    assert len(fake.sockets) == 1
+    assert sorted((r.connection, r.message["runId"], r.message["token"]) for r in held) == [
+        (0, "r1", "token-r1"),
+        (0, "r2", "token-r2"),
+    ]
+
+
+async def test_cancelling_the_iteration_unsubscribes(fake: FakeHatchway) -> None:
+    fake.add_run("r1", [chunk("r1", 1, "first")])  # a run that goes on
+    fake.add_run("r2", [chunk("r2", 1, "other")])
+    first = asyncio.Event()
+    states: list[ConnectionState] = []
+
+    async def consume(run: Run) -> None:
+        async for _ in run.frames():
+            first.set()
+
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        run.on_connection = states.append
+        other = client.attach("r2", "token-r2")
+        keeps = asyncio.create_task(consume(other))
+        await fake.until(lambda: len(fake.messages("subscribe", "r2")) == 1)
+        task = asyncio.create_task(consume(run))
+        async with asyncio.timeout(WAIT_S):
+            await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await fake.until(lambda: len(fake.messages("unsubscribe", "r1")) == 1)
+        assert fake.messages("unsubscribe", "r2") == []  # the other run stays subscribed
+        assert not fake.sockets[0].closed
+        keeps.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await keeps
+        await fake.until(lambda: len(fake.messages("unsubscribe", "r2")) == 1)
+        await fake.until(lambda: fake.sockets[0].closed)  # the socket closes once idle
+
+    assert states[-1] == "closed"
+    assert len(fake.sockets) == 1
+
+
+# -- summaries and starting -----------------------------------------------------------------------
+
+
+async def test_result_raises_run_failed_error_on_failed(fake: FakeHatchway) -> None:
+    failed = final("r1", 2, "FAILED", error="boom")
+    fake.add_run("r1", [chunk("r1", 1, "partial"), failed])
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        with pytest.raises(RunFailedError) as raised:
+            await run.result()
+        assert await run.text() == "partial"  # text() does not judge the status
+    assert raised.value.status == "FAILED"
+    assert raised.value.error == "boom"
+    assert raised.value.frame == failed
+
+
+async def test_start_text_and_result(fake: FakeHatchway) -> None:
+    fake.workflows["demo-stream"] = [
+        chunk("", 1, "Hello, "),
+        chunk("", 2, "world"),
+        final("", 3, output={"ok": True}),
+    ]
+    async with client_for(fake) as client:
+        run = await client.start("demo-stream", {"words": 2}, metadata={"user": "u1"})
+        text = await run.text()
+        result = await run.result()  # known already: no second follow
+        with pytest.raises(HatchwayError) as refused:
+            await client.start("nope")
+    assert text == "Hello, world"
+    assert result["output"] == {"ok": True}
+    assert run.last_seq == 3
+    assert run.websocket_url == fake.ws_url
+    assert len(fake.messages("subscribe", run.run_id)) == 1
+    assert (refused.value.code, refused.value.status) == ("unknown_workflow", 404)
