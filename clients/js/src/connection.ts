@@ -144,7 +144,7 @@ export class SharedSocket {
       return;
     }
     const sub = subs[this.turn++ % subs.length] as Subscriber;
-    this.setState(this.failures === 0 && this.attempt === 0 ? "connecting" : "reconnecting", this.currentInfo);
+    if (this.current !== "reconnecting") this.setState(this.attempt === 0 ? "connecting" : "reconnecting", {});
     let ws: WebSocketLike;
     try {
       ws = new Ctor(withToken(this.url, sub.token));

@@ -504,10 +504,7 @@ export class Run {
     if (session.storageKey !== undefined) this.store(session.storageKey, String(frame.seq));
     this.history.push(frame);
     const isFinal = frame.type === "status" && frame.final;
-    if (isFinal) {
-      this.finalFrame = frame;
-      if (session.storageKey !== undefined) this.store(session.storageKey, null);
-    }
+    if (isFinal) this.finalFrame = frame;
     this.emit("frame", frame);
     switch (frame.type) {
       case "chunk":
@@ -524,6 +521,7 @@ export class Run {
         break;
     }
     for (const queue of [...this.iterators]) queue.push(frame);
+    if (isFinal && session.storageKey !== undefined) this.store(session.storageKey, null);
     if (isFinal && this.session === session) {
       this.teardown(session, false);
       for (const queue of [...this.iterators]) queue.end();
