@@ -160,19 +160,23 @@ def dev(args: argparse.Namespace) -> int:
 
 
 async def _run_watch(args: argparse.Namespace) -> int:
-    from hatchway_local.watch import Watched, WatchError, start_run, watch  # noqa: PLC0415
+    from hatchway.client import HatchwayError  # noqa: PLC0415
+    from hatchway_local.watch import watch_command as watch  # noqa: PLC0415
 
     if args.run and not (args.token and args.websocket_url):
         sys.stderr.write("hatchway watch: --run needs --token and --websocket-url\n")
         return 2
     try:
-        if args.run:
-            run = Watched(args.run, args.token, args.websocket_url, last_seq=args.after)
-        else:
-            run = await start_run(args.url.rstrip("/"), args.workflow, json.loads(args.input))
-            sys.stderr.write(f"[run {run.run_id}]\n")
-        status = await watch(run)
-    except (WatchError, OSError, ValueError) as error:
+        status = await watch(
+            args.url.rstrip("/"),
+            args.workflow,
+            json.loads(args.input),
+            run_id=args.run,
+            token=args.token,
+            websocket_url=args.websocket_url,
+            after=args.after,
+        )
+    except (HatchwayError, OSError, ValueError) as error:
         sys.stderr.write(f"hatchway watch: {error}\n")
         return 2
     return 0 if status == "COMPLETED" else 1
