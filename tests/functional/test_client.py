@@ -428,3 +428,85 @@ async def test_start_text_and_result(fake: FakeHatchway) -> None:
     assert run.websocket_url == fake.ws_url
     assert len(fake.messages("subscribe", run.run_id)) == 1
     assert (refused.value.code, refused.value.status) == ("unknown_workflow", 404)
+
+
+# -- one run, many watchers; refusals in a row; the rate -------------------------------------------
+
+
+async def test_watchers_of_one_run_share_one_subscription(fake: FakeHatchway) -> None:
+    run_log = words_log("r1", 3)
+    fake.add_run("r1", run_log)
+    held: list[Received] = []
+
+    async def hold(connection: int, subscribe: dict[str, Any]) -> None:
+        held.append(Received(connection, subscribe))
+
+    fake.on_subscribe = hold
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        first, second = (asyncio.create_task(follow(run)) for _ in range(2))
+        text = asyncio.create_task(run.text())
+        await fake.until(lambda: len(held) == 1)
+        await fake.replay(held[0].connection, held[0].message)
+        assert await first == await second == run_log
+        assert await text == "w1 w2 w3 "
+        assert await follow(run, after=2) == run_log[2:]  # from history, no new subscribe
+    assert len(fake.messages("subscribe")) == 1
+
+
+async def test_a_token_refused_again_and_again_fails_the_run(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2))
+    fake.add_run("r2", words_log("r2", 2))  # its token opens the socket, not r1's stream
+    asked: list[str] = []
+
+    def stale_token(run_id: str) -> str:
+        asked.append(run_id)
+        return "token-r2"
+
+    async with client_for(fake, get_token=stale_token) as client:
+        with pytest.raises(HatchwayError) as raised:
+            await follow(client.attach("r1", "token-r2"))
+    assert raised.value.code == "unauthorized"
+    assert asked == ["r1"] * 3  # then it stops asking
+    assert len(fake.messages("subscribe", "r1")) == 4
+
+
+async def test_a_connect_refused_again_and_again_fails_the_run(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2))
+    async with client_for(
+        fake, get_token=lambda _run_id: "expired-too", fallback_after=100
+    ) as client:
+        with pytest.raises(HatchwayError) as raised:
+            await follow(client.attach("r1", "expired"))
+    assert (raised.value.code, raised.value.status) == ("unauthorized", 401)
+    assert fake.connect_tokens == ["expired", *["expired-too"] * 3]
+
+
+async def test_a_refused_connect_asks_get_token(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2), token="fresh")
+
+    async with client_for(fake, get_token=lambda _run_id: "fresh") as client:
+        frames = await follow(client.attach("r1", "expired"))
+    assert seqs(frames) == [1, 2, 3]
+    assert fake.connect_tokens == ["expired", "fresh"]
+
+
+async def test_subscribes_dropped_over_the_rate_are_sent_again(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2))
+    dropped: list[int] = []
+
+    async def over_the_rate(connection: int, subscribe: dict[str, Any]) -> None:
+        if not dropped:  # dropped unanswered, and the client is told once
+            dropped.append(connection)
+            await fake.send(
+                connection,
+                {"type": "error", "code": "rate_limited", "message": "slow down"},
+            )
+        else:
+            await fake.replay(connection, subscribe)
+
+    fake.on_subscribe = over_the_rate
+    async with client_for(fake) as client:
+        frames = await follow(client.attach("r1", "token-r1"))
+    assert seqs(frames) == [1, 2, 3]
+    assert subscribes(fake, "r1") == [(0, 0, "token-r1"), (0, 0, "token-r1")]

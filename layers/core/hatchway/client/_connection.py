@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 PAGE_LIMIT = 500  # frames per GET /runs/{id}/frames page in the fallback
 PING_INTERVAL_S = 240.0  # below API Gateway's 10-minute idle timeout
-FAILING_CODES = frozenset({"not_found", "forbidden"})  # the run can never be followed
+# The run can never be followed as asked: it fails with the server's error.
+FAILING_CODES = frozenset({"not_found", "forbidden", "bad_request", "too_large"})
+MAX_UNAUTHORIZED_STREAK = 3  # renewed tokens refused in a row, no frame between: give up
+RATE_LIMIT_RETRY_S = 1.0  # messages over the rate are dropped unanswered
 
 
 class Owner(Protocol):
@@ -52,6 +55,7 @@ class Subscription:
         self.received = after  # the highest seq queued: the next subscribe's `after`
         self.queue: asyncio.Queue[Frame | HatchwayError] = asyncio.Queue()
         self.renewing = False
+        self.unauthorized_streak = 0
 
 
 class Connection:
@@ -65,6 +69,8 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._confirmed: set[str] = set()  # runs the open socket answered `subscribed` for
+        self._rate_retry: asyncio.Task[None] | None = None
 
     # -- runs join and leave -------------------------------------------------------------
 
@@ -104,6 +110,17 @@ class Connection:
     # -- the socket's life -----------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        try:
+            await self._keep_connected()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a bug of ours: the runs fail, not hang
+            logger.exception("connection failed", url=self.url)
+            for sub in list(self._subs.values()):
+                self._fail(sub, HatchwayError("internal", f"the connection failed: {error!r}"))
+            self._set_state("closed")
+
+    async def _keep_connected(self) -> None:
         retry = 0  # retries since the socket was last open: the backoff's exponent
         failures = 0  # consecutive failed connects: the fallback's counter
         first = True
@@ -120,7 +137,7 @@ class Connection:
             ws = await self._connect()
             if ws is None:
                 failures += 1
-                if failures % max(self.owner.fallback_after, 1) == 0:
+                if failures >= self.owner.fallback_after:
                     await self._fall_back()
                 continue
             retry = failures = 0
@@ -140,16 +157,18 @@ class Connection:
             return await session.ws_connect(url, max_msg_size=0, autoping=True)
         except aiohttp.WSServerHandshakeError as error:
             logger.info("websocket refused", url=self.url, status=error.status)
-            if error.status in (401, 403) and not await self._renew(sub):
-                self._fail(
-                    sub, HatchwayError("unauthorized", "$connect refused the run token", 401)
-                )
+            if error.status in (401, 403):
+                sub.unauthorized_streak += 1
+                if sub.unauthorized_streak > MAX_UNAUTHORIZED_STREAK or not await self._renew(sub):
+                    refused = HatchwayError("unauthorized", "$connect refused the run token", 401)
+                    self._fail(sub, refused)
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             logger.info("websocket connect failed", url=self.url, error=repr(error))
         return None
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
+        self._confirmed.clear()
         self.opens += 1
         self._set_state("open")
         for sub in list(self._subs.values()):
@@ -160,7 +179,10 @@ class Connection:
         try:
             async for message in ws:
                 if message.type == aiohttp.WSMsgType.TEXT:
-                    self._on_message(str(message.data))
+                    try:
+                        self._on_message(str(message.data))
+                    except Exception:  # noqa: BLE001 - one bad message must not end the socket
+                        logger.exception("message handling failed", url=self.url)
                 elif message.type == aiohttp.WSMsgType.ERROR:
                     logger.info("websocket error", url=self.url, error=repr(ws.exception()))
                     break
@@ -207,7 +229,7 @@ class Connection:
         try:
             message = json.loads(text)
         except ValueError:
-            logger.warning("not JSON from the server", url=self.url, message=text[:200])
+            logger.warning("not JSON from the server", url=self.url, text=text[:200])
             return
         if not isinstance(message, dict):
             return
@@ -221,6 +243,8 @@ class Connection:
         kind = frame.get("type")
         if isinstance(frame.get("seq"), int) and isinstance(run_id, str):
             self._deliver(run_id, frame)
+        elif kind == "subscribed" and isinstance(run_id, str):
+            self._confirmed.add(run_id)
         elif kind == "error":
             self._on_error(frame)
 
@@ -230,6 +254,7 @@ class Connection:
         if sub is None or not isinstance(seq, int) or seq <= sub.received:
             return  # not followed here, or a frame re-sent across a reconnect
         sub.received = seq
+        sub.unauthorized_streak = 0
         sub.queue.put_nowait(frame)
         if is_final(frame):  # nothing follows it: the run leaves the socket
             del self._subs[run_id]
@@ -240,16 +265,21 @@ class Connection:
         message = str(frame.get("message", ""))
         run_id = frame.get("runId")
         sub = self._subs.get(run_id) if isinstance(run_id, str) else None
+        if code == "rate_limited" and (self._rate_retry is None or self._rate_retry.done()):
+            self._rate_retry = self._spawn(self._resubscribe_unconfirmed())
         if sub is None:
-            logger.info("server error", url=self.url, code=code, message=message)
+            logger.info("server error", url=self.url, code=code, detail=message)
             return
         if code == "unauthorized":
-            if not sub.renewing:
+            sub.unauthorized_streak += 1
+            if sub.unauthorized_streak > MAX_UNAUTHORIZED_STREAK:
+                self._fail(sub, HatchwayError(code, message))
+            elif not sub.renewing:
                 self._spawn(self._renew_and_resubscribe(sub, message))
         elif code in FAILING_CODES:
             self._fail(sub, HatchwayError(code, message))
         else:
-            logger.warning("subscription error", run_id=run_id, code=code, message=message)
+            logger.warning("subscription error", run_id=run_id, code=code, detail=message)
             if code == "internal":
                 self._spawn(self._resubscribe_later(sub))
 
@@ -266,6 +296,15 @@ class Connection:
         ws = self._ws
         if ws is not None and not ws.closed and self._subs.get(sub.run.run_id) is sub:
             await self._subscribe(ws, sub)
+
+    async def _resubscribe_unconfirmed(self) -> None:
+        await self.owner.sleep(RATE_LIMIT_RETRY_S)
+        ws = self._ws
+        if ws is None or ws.closed:
+            return  # a reopen subscribes them all
+        for sub in list(self._subs.values()):
+            if sub.run.run_id not in self._confirmed:
+                await self._subscribe(ws, sub)
 
     async def _renew(self, sub: Subscription) -> bool:
         """A fresh token for the run from the client's get_token: False without one."""

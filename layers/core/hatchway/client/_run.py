@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -23,14 +24,17 @@ from hatchway.observability import logger
 if TYPE_CHECKING:
     from hatchway.client._client import HatchwayClient
 
-FETCH_ATTEMPTS = 3  # a by-reference payload: a 403 refreshes the URL, a 5xx waits a moment
+FETCH_ATTEMPTS = 4  # a by-reference payload: a 403 refreshes the URL, a 5xx waits a moment
 
 
 class Run:
     """A workflow run: ``frames()`` follows it, ``text()`` and ``result()`` sum it up.
 
-    ``last_seq`` is the highest ``seq`` delivered; ``on_connection`` (optional) is
-    called with each connection state while the run is followed."""
+    The run follows its stream once, however many iterations and awaits watch it:
+    every frame delivered is kept in ``history`` (in order), ``last_seq`` is the
+    highest ``seq`` delivered, ``final`` the final status once it came. It stops
+    following (and unsubscribes) when nothing watches it any more.
+    ``on_connection`` (optional) is called with each connection state."""
 
     def __init__(
         self,
@@ -51,40 +55,48 @@ class Run:
         self.status = status  # as POST /runs answered; the final status once known
         self.expires_at = expires_at
         self.last_seq = 0
-        self.on_connection: ConnectionCallback | None = None
+        self.history: list[Frame] = []
         self.final: StatusFrame | None = None
+        self.on_connection: ConnectionCallback | None = None
+        self._start_after = 0
+        self._follower: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[StatusFrame] | None = None
+        self._queues: set[asyncio.Queue[Frame | BaseException | None]] = set()
+        self._waiters = 0
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, status={self.status!r}, last_seq={self.last_seq})"
 
     def frames(self, after: int | None = None) -> AsyncIterator[Frame]:
         """Each sequenced frame (chunk, file, status, gap) with ``seq > after`` once, in
-        order; the iteration ends after the final status. Chunks sent by reference have
-        ``data`` filled in (unless the client's ``fetch_references`` is off); a status
-        sent by reference is the whole frame. Cancel the task (or ``asyncio.timeout``)
-        to stop: the run unsubscribes. Raises HatchwayError when the run cannot be
-        followed (not_found, forbidden, unauthorized without ``get_token``)."""
-        return self._follow(after or 0, fetch_chunks=self._client.fetch_references)
+        order; the iteration ends after the final status. ``after`` defaults to 0 (the
+        frames already delivered come first, from ``history``). Chunks sent by
+        reference have ``data`` filled in (unless the client's ``fetch_references`` is
+        off); a status sent by reference is the whole frame. Cancel the task (or use
+        ``asyncio.timeout``) to stop: with nothing else watching, the run unsubscribes.
+        Raises HatchwayError when the run cannot be followed (not_found, forbidden,
+        unauthorized without ``get_token``)."""
+        return self._iterate(after)
 
     async def text(self) -> str:
-        """The whole streamed text: every chunk's ``data`` from seq 1, in order, to the
-        final status (whatever the status: ``result()`` tells it)."""
-        parts = [
-            str(frame["data"])
-            async for frame in self._follow(0, fetch_chunks=True)
-            if frame.get("type") == "chunk"
-        ]
+        """The whole streamed text: every chunk's ``data`` in seq order, once the run
+        ended (whatever its status: ``result()`` tells it). A chunk left by reference
+        (``fetch_references`` off) is fetched for it."""
+        await self._until_final()
+        parts = []
+        for frame in self.history:
+            if frame.get("type") != "chunk":
+                continue
+            if "data" not in frame and "url" in frame:
+                parts.append((await self._fetch(frame)).decode())
+            else:
+                parts.append(str(frame.get("data", "")))
         return "".join(parts)
 
     async def result(self) -> StatusFrame:
-        """The final status frame, following the run to it if need be (from
-        ``last_seq``). Raises RunFailedError for FAILED, CANCELLED and TIMED_OUT."""
-        if self.final is None:
-            async for _ in self._follow(self.last_seq, fetch_chunks=False):
-                pass
-        final = self.final
-        if final is None:  # pragma: no cover - _follow ends only at the final status
-            raise HatchwayError("internal", f"run {self.run_id} ended without a final status")
+        """The final status frame, following the run to it if need be. Raises
+        RunFailedError for FAILED, CANCELLED and TIMED_OUT."""
+        final = await self._until_final()
         status = str(final.get("status"))
         if status in FAILED_STATUSES:
             error = final.get("error")
@@ -95,7 +107,7 @@ class Run:
         """The same frame, read again from the run's log with a fresh ``url``
         (``GET /runs/{id}/frames?after=seq-1&limit=1``)."""
         seq = int(frame["seq"])
-        page = await self._client.frames_page(self, seq - 1, 1)
+        page = await self._client.frames_page(self, max(seq - 1, 0), 1)
         frames = page.get("frames") or []
         if not frames or frames[0].get("seq") != seq:
             raise HatchwayError("not_found", f"frame {seq} of run {self.run_id} is not retained")
@@ -111,26 +123,100 @@ class Run:
         except Exception:  # noqa: BLE001 - the caller's callback must not stop the stream
             logger.exception("on_connection callback failed", run_id=self.run_id)
 
-    async def _follow(self, after: int, *, fetch_chunks: bool) -> AsyncIterator[Frame]:
-        connection = self._client.connection(self.websocket_url)
-        sub = Subscription(self, after)
-        connection.add(sub)
+    # -- following: one follower task, many watchers ----------------------------------------
+
+    async def _iterate(self, after: int | None) -> AsyncIterator[Frame]:
+        queue: asyncio.Queue[Frame | BaseException | None] = asyncio.Queue()
+        if after and not self.history and not self._following():
+            self._start_after = after  # nothing delivered yet: subscribe from there
+        for frame in self.history:
+            if after is None or int(frame["seq"]) > after:
+                queue.put_nowait(frame)
+        if self.final is not None:
+            queue.put_nowait(None)
+        else:
+            self._queues.add(queue)
+            self._ensure_following()
         try:
             while True:
-                item = await sub.queue.get()
-                if isinstance(item, HatchwayError):
-                    raise item
-                frame = await self._resolve(item, fetch_chunks=fetch_chunks)
-                self.last_seq = max(self.last_seq, int(frame["seq"]))
-                if is_final(frame):
-                    self.final = frame
-                    self.status = str(frame.get("status"))
-                yield frame
-                if is_final(frame):
+                item = await queue.get()
+                if item is None:
                     return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._queues.discard(queue)
+            self._stop_if_unwatched()
+
+    async def _until_final(self) -> StatusFrame:
+        if self.final is not None:
+            return self.final
+        self._waiters += 1
+        try:
+            done = self._ensure_following()
+            return await asyncio.shield(done)
+        finally:
+            self._waiters -= 1
+            self._stop_if_unwatched()
+
+    def _following(self) -> bool:
+        return self._follower is not None and not self._follower.done()
+
+    def _ensure_following(self) -> asyncio.Future[StatusFrame]:
+        loop = asyncio.get_running_loop()
+        if self._done is None or self._done.done():
+            self._done = loop.create_future()
+            self._done.add_done_callback(_retrieve)
+        if not self._following():
+            self._follower = loop.create_task(self._follow(self._done))
+        return self._done
+
+    def _stop_if_unwatched(self) -> None:
+        if not self._queues and self._waiters == 0 and self._follower is not None:
+            self._follower.cancel()  # its finally unsubscribes
+
+    async def _follow(self, done: asyncio.Future[StatusFrame]) -> None:
+        connection = self._client.connection(self.websocket_url)
+        sub = Subscription(self, self.last_seq if self.history else self._start_after)
+        connection.add(sub)
+        try:
+            await self._pump(sub, done)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - handed to every watcher, raised there
+            for queue in list(self._queues):
+                queue.put_nowait(error)
+            if not done.done():
+                done.set_exception(error)
         finally:
             connection.remove(sub)
             self.notify("closed")
+
+    async def _pump(self, sub: Subscription, done: asyncio.Future[StatusFrame]) -> None:
+        """The connection's frames for this run, resolved and delivered, to the final."""
+        while True:
+            item = await sub.queue.get()
+            if isinstance(item, HatchwayError):
+                raise item
+            frame = await self._resolve(item, fetch_chunks=self._client.fetch_references)
+            self._deliver(frame, done)
+            if is_final(frame):
+                return
+
+    def _deliver(self, frame: Frame, done: asyncio.Future[StatusFrame]) -> None:
+        self.history.append(frame)
+        self.last_seq = max(self.last_seq, int(frame["seq"]))
+        final = is_final(frame)
+        if final:
+            self.final = frame
+            self.status = str(frame.get("status"))
+        for queue in list(self._queues):
+            queue.put_nowait(frame)
+            if final:
+                queue.put_nowait(None)
+        if final and not done.done():
+            done.set_result(frame)
 
     async def _resolve(self, frame: Frame, *, fetch_chunks: bool) -> Frame:
         kind = frame.get("type")
@@ -163,3 +249,9 @@ class Run:
             f"run {self.run_id} seq {frame['seq']}: GET of its url answered {status}",
             status,
         )
+
+
+def _retrieve(future: asyncio.Future[StatusFrame]) -> None:
+    """A failure nobody awaited is not "never retrieved": the watchers got it."""
+    if not future.cancelled():
+        future.exception()
