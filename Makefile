@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install dev test lint format emulator lock lock-layers clean bench bench-relay faults check-template lock-sam
+.PHONY: help install js browser dev test test-js lint format emulator lock lock-layers clean bench bench-relay faults check-template lock-sam
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,13 +24,43 @@ $(STAMP): $(BIN)/python pyproject.toml layers/core/pyproject.toml constraints.tx
 
 install: $(STAMP) ## create .venv with Python 3.12 and every dependency (pinned by constraints.txt)
 
+# The JS client (clients/js): its packages from package-lock.json, its build in dist/
+# (the demo page and the Node and browser tests load it from there).
+JS       := clients/js
+JS_STAMP := $(JS)/node_modules/.installed
+JS_BUILD := $(JS)/dist/index.js
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the JS client needs Node.js 20+ and npm" >&2; exit 1; }
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(JS_BUILD): $(JS_STAMP) $(wildcard $(JS)/src/*.ts) $(JS)/tsconfig.json
+	cd $(JS) && npm run --silent build
+
+js: $(JS_BUILD) ## install and build the JS client (clients/js/dist)
+
+# The browser tests drive Debian's chromium (never a downloaded browser). Without it
+# they skip, unless HATCHWAY_REQUIRE_BROWSER=1 (CI) makes that a failure.
+browser: ## install Debian's chromium for the browser tests (apt-get, as root or with sudo)
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; else \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; \
+	fi
+
 PORT ?= 8000
 
-dev: install ## run the whole local stack on $(PORT) and print its URLs (Ctrl-C stops it all)
-	$(BIN)/hatchway dev --port $(PORT)
+DEMO_PORT ?= 8001
 
-test: install ## run the whole test suite
+dev: install js ## run the whole local stack (HTTP API on PORT=8000, demo page on DEMO_PORT=8001) and print its URLs (Ctrl-C stops it all)
+	$(BIN)/hatchway dev --port $(PORT) --demo-port $(DEMO_PORT)
+
+test: install js ## run the whole test suite: the JS client's, then pytest (unit, functional, e2e, browser)
+	cd $(JS) && npm test --silent
 	$(BIN)/python -m pytest -q
+
+test-js: js ## only the JS client's tests
+	cd $(JS) && npm test --silent
 
 FAULT_RUNS ?= 3
 faults: install ## the fault suite FAULT_RUNS times in a row (a flake fails it)
@@ -64,7 +94,7 @@ lock-layers: install ## rewrite the layers' requirements files from constraints.
 	$(BIN)/python scripts/lock_layers.py
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build
+	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache build $(JS)/node_modules $(JS)/dist $(JS)/dist-test
 
 bench: install ## print benchmark figures (cold starts and sizes vs the previous layout; cold connect; emulator startup; large payloads; floods and non-readers)
 	$(BIN)/python benchmarks/cold_start.py

@@ -127,7 +127,9 @@ async def _run_dev(args: argparse.Namespace) -> None:
     from hatchway_local.stack import LocalStack  # noqa: PLC0415
 
     stop = _stop_on_signals()
-    async with LocalStack(Path(args.template), http_port=args.port, relays=args.relays) as stack:
+    async with LocalStack(
+        Path(args.template), http_port=args.port, relays=args.relays, demo_port=args.demo_port
+    ) as stack:
         assert stack.gateway is not None  # noqa: S101 - started
         assert stack.aws is not None  # noqa: S101
         hatchet = (
@@ -138,6 +140,8 @@ async def _run_dev(args: argparse.Namespace) -> None:
         _say("Hatchway local stack")
         _say(f"  HTTP API:       {stack.gateway.http_url}  (POST /runs, GET /runs/{{id}}, /frames)")
         _say(f"  WebSocket API:  {stack.gateway.websocket_url}")
+        if stack.demo is not None:
+            _say(f"  demo page:      {stack.demo.url}  (open it in a browser)")
         control = stack.gateway.control_settings()
         _say(
             f"  gateway faults: {control['APIGW_EMULATOR_CONTROL_URL']}"
@@ -256,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.add_argument("--template", default="template.yaml", help="the SAM template")
     local.add_argument("--relays", type=int, default=1, help="relay processes to run")
+    local.add_argument(
+        "--demo-port",
+        type=int,
+        default=int(os.environ.get("DEMO_PORT", "8001")),
+        help="the demo page's port (0: any free port)",
+    )
     local.set_defaults(handler=dev)
 
     watcher = commands.add_parser(

@@ -23,6 +23,7 @@ from hatchway.observability import logger
 from .apigw_emulator.server import ApiGatewayEmulator
 from .apigw_emulator.template import TemplateReader
 from .aws import LocalAws, start_local_aws
+from .demo.page_server import DemoPage
 from .hatchet_emulator.server import HatchetEmulator
 
 # Template parameters the local stack deploys with. AllowedWorkflows has no default
@@ -55,6 +56,11 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | No
     return process.wait()
 
 
+def client_dist(template: Path) -> Path:
+    """The JS client's build (``make js``), beside the template in the repository."""
+    return template.resolve().parent / "clients" / "js" / "dist"
+
+
 @dataclass
 class LocalStack:
     template: Path
@@ -63,10 +69,12 @@ class LocalStack:
     relay_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None  # where the worker's and relays' output go (else stderr)
     idle_timeout_s: float = 600.0
+    demo_port: int | None = None  # serve the demo page on this port (0: any); None: not at all
 
     aws: LocalAws | None = None
     hatchet: HatchetEmulator | None = None
     gateway: ApiGatewayEmulator | None = None
+    demo: DemoPage | None = None
     hatchet_settings: dict[str, str] = field(default_factory=dict)
     worker: subprocess.Popen[bytes] | None = None
     relay_processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -149,6 +157,9 @@ class LocalStack:
             },
         )
         await self.gateway.start()
+        if self.demo_port is not None:
+            self.demo = DemoPage(self.gateway.http_url, client_dist(self.template), self.demo_port)
+            await self.demo.start()
         for number in range(self.relays):
             self.start_relay(f"relay-{number + 1}")
         await self._wait_for_worker()
@@ -194,6 +205,8 @@ class LocalStack:
             await self.stop_relay(relay_id)
         if self.worker is not None:
             await asyncio.to_thread(_stop, self.worker)  # off the loop: it calls the emulator
+        if self.demo is not None:
+            await self.demo.close()
         if self.gateway is not None:
             await self.gateway.close()
         if self.hatchet is not None:
