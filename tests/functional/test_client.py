@@ -510,3 +510,21 @@ async def test_subscribes_dropped_over_the_rate_are_sent_again(fake: FakeHatchwa
         frames = await follow(client.attach("r1", "token-r1"))
     assert seqs(frames) == [1, 2, 3]
     assert subscribes(fake, "r1") == [(0, 0, "token-r1"), (0, 0, "token-r1")]
+
+
+async def test_run_close_ends_the_iteration_and_unsubscribes(fake: FakeHatchway) -> None:
+    fake.add_run("r1", [chunk("r1", 1, "first")])  # a run that goes on
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        frames = run.frames()
+        assert (await anext(frames))["seq"] == 1
+        waiting = asyncio.create_task(run.result())
+        await asyncio.sleep(0)  # result() is waiting on the same follow
+        run.close()
+        with pytest.raises(StopAsyncIteration):
+            await anext(frames)
+        with pytest.raises(HatchwayError) as raised:
+            await waiting
+        await fake.until(lambda: len(fake.messages("unsubscribe", "r1")) == 1)
+    assert raised.value.code == "closed"
+    assert len(fake.messages("subscribe", "r1")) == 1

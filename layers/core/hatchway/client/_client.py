@@ -140,7 +140,9 @@ class HatchwayClient:
         if self._closed:
             raise HatchwayError("closed", "the client is closed")
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # No total: a download or a stream may take long; a stalled one may not.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
+            self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
     async def renew_token(self, run: Run) -> bool:

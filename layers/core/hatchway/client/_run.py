@@ -114,6 +114,19 @@ class Run:
         fresh: Frame = frames[0]
         return fresh
 
+    def close(self) -> None:
+        """Stop following (unsubscribe): iterations end, ``text()`` and ``result()``
+        waiting raise HatchwayError("closed"). A later call follows again."""
+        for queue in list(self._queues):
+            queue.put_nowait(None)
+        self._queues.clear()
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(
+                HatchwayError("closed", f"stopped following run {self.run_id}")
+            )
+        if self._follower is not None:
+            self._follower.cancel()
+
     def notify(self, state: ConnectionState) -> None:
         callback = self.on_connection
         if callback is None:
@@ -127,8 +140,8 @@ class Run:
 
     async def _iterate(self, after: int | None) -> AsyncIterator[Frame]:
         queue: asyncio.Queue[Frame | BaseException | None] = asyncio.Queue()
-        if after and not self.history and not self._following():
-            self._start_after = after  # nothing delivered yet: subscribe from there
+        if not self.history and not self._following():
+            self._start_after = after or 0  # nothing delivered yet: subscribe from there
         for frame in self.history:
             if after is None or int(frame["seq"]) > after:
                 queue.put_nowait(frame)
