@@ -9,7 +9,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import boto3
@@ -256,6 +256,75 @@ async def test_a_relay_stopped_with_sigterm_hands_its_run_over_without_a_gap(
     assert writers[0] == owner
     assert len(writers) == 2
     print(f"\nSIGTERM handover: the relay stopped in {stopped_s:.1f} s")  # noqa: T201
+
+
+class NodeClient:
+    """tests/e2e/node_client.mjs: the JS client on Node (with ``ws``) starting a run and
+    printing each frame it yields as a JSON line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[dict[str, Any]] = []
+
+    @classmethod
+    async def start(cls, api: Api, workflow: str, input_: dict[str, Any]) -> NodeClient:
+        client_dir = REPO_ROOT / "clients" / "js"
+        if not (client_dir / "dist" / "index.js").is_file():
+            pytest.fail("the JS client is not built: run make js (make test does)")
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(REPO_ROOT / "tests" / "e2e" / "node_client.mjs"),
+            str(client_dir),
+            api.base_url,
+            workflow,
+            json.dumps(input_),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def until(self, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Read lines until one satisfies ``done`` (the client's end is a failure)."""
+        assert self.process.stdout is not None
+        while True:
+            raw = await asyncio.wait_for(self.process.stdout.readline(), FINAL_WAIT_S)
+            assert raw, f"the Node client ended early: {self.lines[-3:]}"
+            line = json.loads(raw)
+            self.lines.append(line)
+            assert "failed" not in line, line
+            if done(line):
+                return line
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [line["frame"] for line in self.lines if "frame" in line]
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+async def test_the_js_client_on_node_streams_exactly_through_a_sigterm_handover(
+    api: Api, stack: LocalStack
+) -> None:
+    node = await NodeClient.start(api, "demo-stream", SLOW_STREAM)
+    try:
+        run_id = (await node.until(lambda line: "started" in line))["started"]
+        owner = await wait_for_owner(stack, run_id)
+        await node.until(lambda _line: sum(f["type"] == "chunk" for f in node.frames()) >= 8)
+        stack.start_relay(next_relay_id())  # the successor
+        exit_code = await stack.stop_relay(owner, signal.SIGTERM, timeout_s=110)
+        done = await node.until(lambda line: "done" in line)
+        assert await asyncio.wait_for(node.process.wait(), FINAL_WAIT_S) == 0
+    finally:
+        await node.close()
+
+    assert exit_code == 0
+    frames = node.frames()
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))  # once each, in order
+    assert not [f for f in frames if f["type"] == "gap"]  # a handover loses nothing
+    assert done["text"] == ANNA_KARENINA
+    assert frames[-1]["status"] == "COMPLETED"
+    assert len(assert_single_writer_at_a_time(stack, run_id)) == 2  # it did change hands
 
 
 # -- 4. the Hatchet subscription breaks ----------------------------------------------
