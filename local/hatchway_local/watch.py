@@ -48,8 +48,8 @@ def connection_printer(err: TextIO) -> ConnectionCallback:
     last: list[ConnectionState] = []
 
     def changed(state: ConnectionState) -> None:
-        if last and last[-1] == state:
-            return
+        if state == "closed" or (last and last[-1] == state):
+            return  # "closed": the run ended (its status says how) or watch stopped
         last[:] = [state]
         err.write(f"\n[connection {state}]\n")
         err.flush()

@@ -66,6 +66,7 @@ async def test_watch_prints_chunks_on_stdout_and_the_rest_on_stderr(
     assert '[COMPLETED] {"words": 2}' in err
     assert err.count("[connection open]") == 2
     assert "[connection reconnecting]" in err
+    assert "[connection closed]" not in err
     assert [r.message["after"] for r in fake.messages("subscribe")] == [0, 1]
 
 
