@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import jwt
 import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
@@ -107,6 +108,15 @@ async def test_trigger_events(invoker: Invoker) -> None:
     run = await invoker.invoke("TriggerFunction", "trigger_get_run")
     assert run["statusCode"] == 200
     assert body(run)["runId"] == invoker.run_id
+    # A fresh token for the run (a client's getToken), also only through its route.
+    issued = await invoker.invoke("TriggerFunction", "trigger_post_run_token")
+    assert issued["statusCode"] == 201, issued
+    assert body(issued)["runId"] == invoker.run_id
+    claims = jwt.decode(body(issued)["token"], options={"verify_signature": False})
+    assert claims["sub"] == invoker.run_id
+    assert body(issued)["expiresAt"]
+    reissued = await invoker.invoke("TriggerFunction", "trigger_post_run_token_default_route")
+    assert (reissued["statusCode"], body(reissued)["error"]["code"]) == (403, "forbidden")
     frames = await invoker.invoke("TriggerFunction", "trigger_get_frames")
     assert body(frames) == {"frames": [], "next": 0, "final": False}
     assert (await invoker.invoke("TriggerFunction", "trigger_healthz"))["statusCode"] == 200

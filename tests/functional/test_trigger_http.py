@@ -306,6 +306,24 @@ def test_real_hatchet_refusals(backend: Backend) -> None:
         assert error_of(answer) == (502, "upstream_unavailable")
 
 
+# -- a fresh run token ---------------------------------------------------------------------
+
+
+def test_a_backend_gets_a_fresh_token_for_a_run_it_started(backend: Backend) -> None:
+    started = requests.post(f"{backend.url}/runs", json={"workflow": WORKFLOW}, timeout=30).json()
+    issued = requests.post(f"{backend.url}/runs/{started['runId']}/token", timeout=30)
+    assert issued.status_code == 201
+    fresh = issued.json()
+    assert set(fresh) == {"runId", "token", "expiresAt", "websocketUrl"}
+    assert fresh["runId"] == started["runId"]
+    assert fresh["websocketUrl"] == started["websocketUrl"]
+    auth = {"Authorization": f"Bearer {fresh['token']}"}
+    run = requests.get(f"{backend.url}/runs/{started['runId']}", headers=auth, timeout=30)
+    assert run.status_code == 200
+    unknown = requests.post(f"{backend.url}/runs/no-such-run/token", timeout=30)
+    assert error_of(unknown) == (404, "not_found")
+
+
 # -- wrong methods, unknown paths ---------------------------------------------------------
 
 
@@ -316,6 +334,7 @@ def test_real_hatchet_refusals(backend: Backend) -> None:
         ("DELETE", "/runs", "POST"),
         ("POST", "/runs/some-run", "GET"),
         ("PUT", "/runs/some-run/frames", "GET"),
+        ("GET", "/runs/some-run/token", "POST"),
         ("POST", "/healthz", "GET"),
     ],
 )
@@ -369,6 +388,7 @@ def test_openapi_documents_the_statuses_the_api_answers(backend: Backend) -> Non
     }
     assert statuses == {
         ("POST", "/runs"): ["201", "400", "403", "404", "413", "429", "500", "502"],
+        ("POST", "/runs/{runId}/token"): ["201", "403", "404", "413", "500"],
         ("GET", "/runs/{runId}"): ["200", "401", "403", "404", "413", "500"],
         ("GET", "/runs/{runId}/frames"): ["200", "400", "401", "403", "404", "413", "500"],
         ("GET", "/healthz"): ["200", "413", "500"],

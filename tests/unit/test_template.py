@@ -58,6 +58,10 @@ SHED_SCOPE = {
 POST_RUNS_ARN = {
     "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}/$default/POST/runs"
 }
+POST_TOKEN_ARN = {
+    "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}"
+    "/$default/POST/runs/*/token"
+}
 TRIGGER_URI = {
     "Fn::Sub": "arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
     "${TriggerFunction.Arn}/invocations"
@@ -184,6 +188,7 @@ def test_trigger_serves_the_http_api() -> None:
     assert sorted(routes, key=str) == sorted(
         [
             ("POST", "/runs"),
+            ("POST", "/runs/{runId}/token"),
             ("GET", "/runs/{runId}"),
             ("GET", "/runs/{runId}/frames"),
             ("GET", "/healthz"),
@@ -241,10 +246,13 @@ def test_the_hatchet_token_is_in_no_environment() -> None:
 
 
 def post_runs_definitions() -> tuple[dict[str, Any], dict[str, Any]]:
-    """POST /runs's method definitions in HttpApi's OpenAPI: (JWT, IAM)."""
+    """POST /runs's method definitions in HttpApi's OpenAPI: (JWT, IAM). POST
+    /runs/{runId}/token (a fresh token) is authorized exactly alike."""
     body = props("HttpApi")["DefinitionBody"]
-    assert set(body["paths"]) == {"/runs"}  # every other route is SAM's, from the events
+    # Every other route is SAM's, from the events.
+    assert set(body["paths"]) == {"/runs", "/runs/{runId}/token"}
     assert set(body["paths"]["/runs"]) == {"post"}
+    assert body["paths"]["/runs/{runId}/token"] == body["paths"]["/runs"]
     condition, jwt, iam = body["paths"]["/runs"]["post"]["Fn::If"]
     assert condition == "TriggerAuthIsJwt"
     return jwt, iam
@@ -300,8 +308,9 @@ def test_backends_get_a_policy_for_post_runs_and_its_arn() -> None:
     assert policy["Condition"] == "TriggerAuthIsIam"
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert (statement["Effect"], statement["Action"]) == ("Allow", "execute-api:Invoke")
-    assert statement["Resource"] == POST_RUNS_ARN
+    assert statement["Resource"] == [POST_RUNS_ARN, POST_TOKEN_ARN]
     assert TEMPLATE["Outputs"]["TriggerRouteArn"]["Value"] == POST_RUNS_ARN
+    assert TEMPLATE["Outputs"]["TokenRouteArn"]["Value"] == POST_TOKEN_ARN
     assert TEMPLATE["Outputs"]["TriggerInvokePolicyArn"]["Value"] == {"Ref": "TriggerInvokePolicy"}
 
 
@@ -461,10 +470,12 @@ def test_manage_connections_only_for_the_relay_and_posting_functions() -> None:
             allowed.append(SHED_SCOPE)
         assert all(s["Resource"] in allowed for s in found), holder
     assert SHED_SCOPE in [s["Resource"] for s in holders["RelayTaskRole"]]
-    # Nobody else, by wildcard; the backends' policy may call POST /runs only.
+    # Nobody else, by wildcard; the backends' policy may call the two authorized routes only.
     invokers = grants("execute-api:Invoke")
     assert set(invokers) <= set(holders) | {"TriggerInvokePolicy"}
-    assert [s["Resource"] for s in invokers["TriggerInvokePolicy"]] == [POST_RUNS_ARN]
+    assert [s["Resource"] for s in invokers["TriggerInvokePolicy"]] == [
+        [POST_RUNS_ARN, POST_TOKEN_ARN]
+    ]
 
 
 def test_unsubscribe_may_read_the_run_and_make_a_tombstone() -> None:
@@ -772,6 +783,7 @@ def test_the_api_gateway_emulator_serves_the_template() -> None:
     assert api.websocket.authorizer.function.logical_id == "WsAuthorizerFunction"
     assert {r.route_key for r in api.http_routes} == {
         "POST /runs",
+        "POST /runs/{runId}/token",
         "GET /runs/{runId}",
         "GET /runs/{runId}/frames",
         "GET /healthz",

@@ -73,6 +73,14 @@ class RunStarted(BaseModel):
     websocket_url: str = Field(alias="websocketUrl")
 
 
+class RunTokenIssued(BaseModel):
+    model_config = _OUT
+    run_id: str = Field(alias="runId")
+    token: str
+    expires_at: str = Field(alias="expiresAt")
+    websocket_url: str = Field(alias="websocketUrl")
+
+
 class RunView(BaseModel):
     model_config = _OUT
     run_id: str = Field(alias="runId")
@@ -130,7 +138,9 @@ def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
 
 # Every operation: a Content-Length over the limit, and a failure of an adapter.
 _ANY = (ErrorCode.TOO_LARGE, ErrorCode.INTERNAL)
-START_ROUTE_KEY = "POST /runs"  # the route that carries the authorizer (template.yaml)
+# The routes that carry the authorizer (template.yaml): only your backends call them.
+START_ROUTE_KEY = "POST /runs"
+REISSUE_ROUTE_KEY = "POST /runs/{runId}/token"
 _AUTH = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND)
 
 
@@ -225,6 +235,54 @@ class _Guard:
             await _error(ErrorCode.INTERNAL, "internal error; try again")(scope, receive, send)
 
 
+def _answer_errors_in_the_protocols_shape(app: FastAPI) -> None:
+    """Every error, ours or the framework's, as ``{"error": {"code", "message"}}``."""
+
+    @app.exception_handler(ProtocolError)
+    async def protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
+        return _error(error.code, error.message)
+
+    @app.exception_handler(PayloadError)
+    async def payload_error(_request: Request, error: PayloadError) -> JSONResponse:
+        logger.error("could not mint payload URLs", error=str(error))
+        return _error(ErrorCode.INTERNAL, "payload URLs could not be minted; try again")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            for e in error.errors()
+        )
+        return _error(ErrorCode.BAD_REQUEST, problems)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = _HTTP_ERROR_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
+        return _error(code, str(error.detail), headers=error.headers)
+
+
+def _allow_origins(app: FastAPI, origins: tuple[str, ...]) -> None:
+    """CORS for these browser origins. Outermost, so every answer (a 413 from the
+    guard too) carries the headers; a preflight reaches the function through the
+    $default route, unauthorized."""
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+
+
+def _through_authorized_route(http: Request, route_key: str, what: str) -> None:
+    """Under Lambda, only API Gateway's own route with the authorizer may do this:
+    never the open $default catch-all, whatever path variant reached FastAPI through it."""
+    event = http.scope.get("aws.event")
+    if event is not None and event.get("requestContext", {}).get("routeKey") != route_key:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{what} through {route_key} only")
+
+
 def _hatchet_refused(workflow: str, error: UpstreamUnavailableError) -> ProtocolError:
     """What a failed TriggerWorkflow means for the caller. Only a Hatchet that did not
     answer (unreachable, timed out) is 502; an input it rejects is the caller's 400;
@@ -288,38 +346,9 @@ def create_app(
         openapi_url="/openapi.json" if openapi else None,
     )
     app.add_middleware(_Guard)
-    if cors_origins:
-        # Outermost, so every answer (a 413 from the guard too) carries the headers. A
-        # preflight reaches the function through the $default route, unauthorized.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type"],
-            max_age=600,
-        )
+    _allow_origins(app, cors_origins)
 
-    @app.exception_handler(ProtocolError)
-    async def protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
-        return _error(error.code, error.message)
-
-    @app.exception_handler(PayloadError)
-    async def payload_error(_request: Request, error: PayloadError) -> JSONResponse:
-        logger.error("could not mint payload URLs", error=str(error))
-        return _error(ErrorCode.INTERNAL, "payload URLs could not be minted; try again")
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in error.errors()
-        )
-        return _error(ErrorCode.BAD_REQUEST, problems)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        code = _HTTP_ERROR_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
-        return _error(code, str(error.detail), headers=error.headers)
+    _answer_errors_in_the_protocols_shape(app)
 
     async def authorize(run_id: str, authorization: str | None) -> None:
         scheme, _, token = (authorization or "").partition(" ")
@@ -350,14 +379,7 @@ def create_app(
         ),
     )
     async def start_run(request: RunRequest, http: Request) -> dict[str, Any]:
-        # Under Lambda, only API Gateway's own POST /runs route (the one with the
-        # authorizer) may start runs: never the open $default catch-all, whatever
-        # path variant reached FastAPI through it.
-        event = http.scope.get("aws.event")
-        if event is not None and event.get("requestContext", {}).get("routeKey") != START_ROUTE_KEY:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN, f"runs are started through {START_ROUTE_KEY} only"
-            )
+        _through_authorized_route(http, START_ROUTE_KEY, "runs are started")
         if request.workflow not in allowed_workflows:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_WORKFLOW, f"workflow {request.workflow!r} cannot be started here"
@@ -378,6 +400,26 @@ def create_app(
             "runId": run_id,
             "workflow": request.workflow,
             "status": run.status,
+            "token": token.token,
+            "expiresAt": token.expires_at_iso,
+            "websocketUrl": websocket_url,
+        }
+
+    @app.post(
+        "/runs/{runId}/token",
+        status_code=201,
+        response_model=RunTokenIssued,
+        responses=_errors(ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, *_ANY),
+    )
+    async def issue_token(run_id: RunId, http: Request) -> dict[str, Any]:
+        """A fresh run token for a run your backend started: what a client's getToken
+        asks for when the one it had expired while it was away."""
+        _through_authorized_route(http, REISSUE_ROUTE_KEY, "run tokens are issued")
+        await existing_run(run_id)
+        token = await asyncio.to_thread(tokens.mint, run_id)
+        logger.info("run token issued", run_id=run_id)
+        return {
+            "runId": run_id,
             "token": token.token,
             "expiresAt": token.expires_at_iso,
             "websocketUrl": websocket_url,
