@@ -19,7 +19,7 @@ $(BIN)/python:
 # the local tooling with the dev tools (the root, "hatchway-local").
 $(STAMP): $(BIN)/python pyproject.toml layers/core/pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'layers/core[trigger,relay]' -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'layers/core[trigger,relay,client]' -e '.[dev]'
 	@touch $@
 
 install: $(STAMP) ## create .venv with Python 3.12 and every dependency (pinned by constraints.txt)
@@ -85,7 +85,7 @@ emulator: install ## run only the Hatchet engine emulator
 lock: $(BIN)/python ## re-resolve constraints.txt from pyproject.toml in a scratch venv
 	rm -rf .lock-venv && $$(scripts/find-python312.sh) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet 'layers/core[trigger,relay]' '.[dev]'
+	.lock-venv/bin/python -m pip install --quiet 'layers/core[trigger,relay,client]' '.[dev]'
 	.lock-venv/bin/python -m pip freeze --exclude hatchway --exclude hatchway-local > constraints.txt
 	rm -rf .lock-venv build *.egg-info layers/core/*.egg-info local/*.egg-info
 	$(MAKE) lock-layers

@@ -16,7 +16,25 @@ class TrackedWebSocket extends WebSocket {
     this.addEventListener("close", () => sockets.delete(this));
   }
 }
-const client = new HatchwayClient({ baseUrl: config.apiUrl, WebSocket: TrackedWebSocket });
+// A token that expired while the page was away is renewed as a frontend would: by
+// asking its backend. Here the local stack is open, so the page asks the route your
+// backend would call (POST /runs/{runId}/token); deployed, that route is IAM-only.
+async function renewToken(runId) {
+  const response = await fetch(`${config.apiUrl}/runs/${encodeURIComponent(runId)}/token`, { method: "POST" });
+  if (!response.ok) throw new Error(`could not renew the token: HTTP ${response.status}`);
+  const { token } = await response.json();
+  const view = views.get(runId);
+  if (view) {
+    view.state.token = token;
+    save();
+  }
+  return token;
+}
+const client = new HatchwayClient({
+  baseUrl: config.apiUrl,
+  WebSocket: TrackedWebSocket,
+  getToken: renewToken,
+});
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const views = new Map(); // runId -> RunView
