@@ -31,10 +31,22 @@ async function setup(t: TestContext, options: HatchwayClientOptions = {}): Promi
   return { server, client };
 }
 
-async function collect(frames: AsyncIterable<Frame>): Promise<Frame[]> {
+/** Every frame the iterator yields; fails after 15 s instead of hanging when a behaviour broke. */
+async function collect(frames: AsyncIterable<Frame>, timeoutMs = 15_000): Promise<Frame[]> {
   const out: Frame[] = [];
-  for await (const frame of frames) out.push(frame);
-  return out;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms with seqs [${seqs(out).join(",")}]`)), timeoutMs);
+  });
+  const reading = (async () => {
+    for await (const frame of frames) out.push(frame);
+    return out;
+  })();
+  try {
+    return await Promise.race([reading, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const seqs = (frames: Frame[]): number[] => frames.map((f) => f.seq);
