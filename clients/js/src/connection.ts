@@ -48,7 +48,7 @@ export function withToken(url: string, token: string): string {
 export class SharedSocket {
   private ws: WebSocketLike | null = null;
   private opened = false;
-  private readonly subs = new Map<string, Subscriber>();
+  private readonly subs = new Set<Subscriber>(); // several Runs of one run each get its frames
   private readonly confirmed = new Set<string>();
   private failures = 0; // consecutive connects that never opened
   private attempt = 0; // backoff step; back to 0 once a connection opens
@@ -77,23 +77,29 @@ export class SharedSocket {
 
   add(sub: Subscriber): void {
     if (this.disposed) throw new Error("SharedSocket used after it was disposed");
-    this.subs.set(sub.runId, sub);
+    this.subs.add(sub);
     sub.state(this.current, this.currentInfo);
     if (this.ws && this.opened) this.subscribe(sub);
     else if (!this.ws && this.timer === undefined && !this.fallingBack) this.connect();
   }
 
   /** Subscribe again (a fresh token, a retry) with the run's current `after`. */
-  resubscribe(runId: string): void {
-    const sub = this.subs.get(runId);
-    if (sub && this.ws && this.opened) this.subscribe(sub);
+  resubscribe(sub: Subscriber): void {
+    if (this.subs.has(sub) && this.ws && this.opened) this.subscribe(sub);
   }
 
-  remove(runId: string, unsubscribe: boolean): void {
-    if (!this.subs.delete(runId)) return;
-    this.confirmed.delete(runId);
-    if (unsubscribe) this.send({ action: "unsubscribe", runId });
+  /** Forget a subscriber; `unsubscribe`: tell the server, unless another Run of that run still follows it. */
+  remove(sub: Subscriber, unsubscribe: boolean): void {
+    if (!this.subs.delete(sub)) return;
+    if (!this.forRun(sub.runId).length) {
+      this.confirmed.delete(sub.runId);
+      if (unsubscribe) this.send({ action: "unsubscribe", runId: sub.runId });
+    }
     if (this.subs.size === 0) this.dispose();
+  }
+
+  private forRun(runId: string): Subscriber[] {
+    return [...this.subs].filter((sub) => sub.runId === runId);
   }
 
   /** Close the socket and forget every run (client.close()). */
@@ -126,13 +132,13 @@ export class SharedSocket {
   private setState(state: ConnectionState, info: ConnectionInfo): void {
     this.current = state;
     this.currentInfo = info;
-    for (const sub of [...this.subs.values()]) sub.state(state, info);
+    for (const sub of [...this.subs]) sub.state(state, info);
   }
 
   private connect(): void {
     this.timer = undefined;
     if (this.disposed) return;
-    const subs = [...this.subs.values()];
+    const subs = [...this.subs];
     if (subs.length === 0) return this.dispose();
     const Ctor = this.config.WebSocket;
     if (!Ctor) {
@@ -161,7 +167,7 @@ export class SharedSocket {
       this.failures = 0;
       this.attempt = 0;
       this.setState("open", {});
-      for (const s of [...this.subs.values()]) this.subscribe(s);
+      for (const s of [...this.subs]) this.subscribe(s);
       this.pingTimer = setInterval(() => this.send({ action: "ping" }), PING_INTERVAL_MS);
     };
     ws.onmessage = (event: { data?: unknown }) => {
@@ -205,7 +211,7 @@ export class SharedSocket {
   private async fallback(): Promise<void> {
     this.fallingBack = true;
     this.setState("fallback", { failures: this.failures });
-    await Promise.all([...this.subs.values()].map((sub) => sub.catchUp().catch(() => undefined)));
+    await Promise.all([...this.subs].map((sub) => sub.catchUp().catch(() => undefined)));
     this.fallingBack = false;
     if (this.disposed) return;
     if (this.subs.size === 0) return this.dispose();
@@ -249,16 +255,15 @@ export class SharedSocket {
     const runId = "runId" in frame && typeof frame.runId === "string" ? frame.runId : undefined;
     if (frame.type === "error") {
       if (frame.code === "rate_limited") this.retryUnconfirmed();
-      const sub = runId === undefined ? undefined : this.subs.get(runId);
-      if (sub) sub.receive(frame);
-      else for (const s of [...this.subs.values()]) s.connectionError(frame);
+      const subs = runId === undefined ? [] : this.forRun(runId);
+      if (subs.length) for (const sub of subs) sub.receive(frame);
+      else for (const s of [...this.subs]) s.connectionError(frame);
       return;
     }
     if (runId === undefined) return;
-    const sub = this.subs.get(runId);
-    if (!sub) return;
-    if (frame.type === "subscribed") this.confirmed.add(runId);
-    sub.receive(frame);
+    const subs = this.forRun(runId);
+    if (frame.type === "subscribed" && subs.length) this.confirmed.add(runId);
+    for (const sub of subs) sub.receive(frame);
   }
 
   /** Messages over the rate are dropped unanswered: subscribe again those not confirmed. */
@@ -266,7 +271,7 @@ export class SharedSocket {
     if (this.rateTimer !== undefined) return;
     this.rateTimer = setTimeout(() => {
       this.rateTimer = undefined;
-      for (const sub of [...this.subs.values()]) if (!this.confirmed.has(sub.runId)) this.subscribe(sub);
+      for (const sub of [...this.subs]) if (!this.confirmed.has(sub.runId)) this.subscribe(sub);
     }, RATE_LIMIT_RETRY_MS);
   }
 }

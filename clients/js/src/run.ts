@@ -49,6 +49,7 @@ interface Session {
   readonly signal: AbortSignal | undefined;
   readonly onAbort: (() => void) | undefined;
   socket: SharedSocket | null;
+  subscriber: Subscriber | null;
 }
 
 const FAILED = new Set(["FAILED", "CANCELLED", "TIMED_OUT"]);
@@ -209,7 +210,7 @@ export class Run {
     });
     promise.catch(() => undefined); // the caller may not await it; its rejection is not unhandled
     const onAbort = signal ? () => this.abort(signal.reason) : undefined;
-    const session: Session = { promise, resolve, reject, storageKey, signal, onAbort, socket: null };
+    const session: Session = { promise, resolve, reject, storageKey, signal, onAbort, socket: null, subscriber: null };
     this.session = session;
     this.unauthorizedStreak = 0;
     this.context.track(this);
@@ -217,6 +218,7 @@ export class Run {
     const subscriber = this.subscriber(session);
     const socket = this.context.socketFor(this.websocketUrl);
     session.socket = socket;
+    session.subscriber = subscriber;
     socket.add(subscriber);
     return promise;
   }
@@ -326,7 +328,7 @@ export class Run {
     this.pumping = false;
     this.accepted = this.lastDelivered;
     if (session.signal && session.onAbort) session.signal.removeEventListener("abort", session.onAbort);
-    session.socket?.remove(this.runId, unsubscribe);
+    if (session.subscriber) session.socket?.remove(session.subscriber, unsubscribe);
     this.context.untrack(this);
     this.setConnection("closed", {});
   }
@@ -389,7 +391,7 @@ export class Run {
       if (frame.code === "internal") {
         const delay = backoffDelay(1, this.context.baseMs, this.context.capMs, this.context.random);
         setTimeout(() => {
-          if (this.session === session) session.socket?.resubscribe(this.runId);
+          if (this.session === session && session.subscriber) session.socket?.resubscribe(session.subscriber);
         }, delay);
       }
     }
@@ -407,7 +409,7 @@ export class Run {
       const token = await getToken(this.runId);
       if (this.session !== session) return;
       this.token = token;
-      session.socket?.resubscribe(this.runId);
+      if (session.subscriber) session.socket?.resubscribe(session.subscriber);
     } catch (cause) {
       this.fail(session, asError(cause), false);
     }
@@ -532,6 +534,11 @@ export class Run {
 
   /** HTTP fallback: GET /runs/{id}/frames?after=last, following `next` until `final` or an empty page. */
   private async catchUp(session: Session): Promise<void> {
+    if (!this.context.baseUrl) {
+      // no HTTP API to catch up from; the refused connects may be the token's ($connect checks it)
+      if (this.context.getToken) this.token = await this.context.getToken(this.runId);
+      return;
+    }
     let after = this.accepted;
     for (let page = 0; page < PAGES_PER_CATCH_UP; page++) {
       if (this.session !== session) return;

@@ -273,6 +273,43 @@ test("5b. without getToken an unauthorized error frame fails the run with Hatchw
   await assert.rejects(collect(run.frames()), (e: unknown) => e instanceof HatchwayError && e.code === "unauthorized");
 });
 
+test("5c. a $connect refused for an expired token: the fallback's 401 asks getToken, the next connect carries the new token", async (t) => {
+  const asked: string[] = [];
+  const { server, client } = await setup(t, {
+    random: () => 1,
+    reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 2 },
+    getToken: (runId) => {
+      asked.push(runId);
+      return "fresh";
+    },
+  });
+  const fake = server.addRun("r5c", "fresh", [chunk("1"), chunk("2"), chunk("3"), completed()]);
+  fake.httpUpTo = 2;
+  server.refuseUpgrade = (_index, token) => token !== "fresh";
+  const run = client.attach("r5c", "expired");
+  const frames = await collect(run.frames());
+  assert.deepEqual(seqs(frames), [1, 2, 3, 4]);
+  assert.deepEqual(asked, ["r5c"]);
+  assert.deepEqual(
+    server.upgrades.map((u) => [u.token, u.accepted]),
+    [
+      ["expired", false],
+      ["expired", false],
+      ["fresh", true],
+    ],
+  );
+  const pages = server.requests.filter((r) => r.path.startsWith("/runs/r5c/frames"));
+  assert.deepEqual(
+    pages.map((r) => r.authorization),
+    ["Bearer expired", "Bearer fresh", "Bearer fresh"],
+  );
+  assert.deepEqual(
+    server.subscribes("r5c").map((s) => [s.token, s.after]),
+    [["fresh", 2]],
+  );
+  assert.equal(fake.tokens.has("expired"), false);
+});
+
 test("6. HTTP fallback: upgrades refused, the frames come from /frames and the run ends at the final status", async (t) => {
   const { server, client } = await setup(t, { random: () => 1, reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 2 } });
   server.defaultLimit = 2; // pages: the client follows `next`
@@ -347,6 +384,32 @@ test("7. two runs share one socket: one connection, two subscribes, a batch spli
     ],
   );
   await server.connections[0]!.closedPromise; // the last run done: the socket closes
+});
+
+test("7b. two Runs of one run on a client both get its frames; closing one keeps the other subscribed", async (t) => {
+  const { server, client } = await setup(t);
+  const fake = server.addRun("same", "t", [chunk("1"), chunk("2"), chunk("3"), completed()]);
+  fake.wsUpTo = 2;
+  const a = client.attach("same", "t");
+  const b = client.attach("same", "t");
+  const bothAt2 = new Promise<void>((resolve) => {
+    const check = (): void => {
+      if (a.lastSeq === 2 && b.lastSeq === 2) resolve();
+    };
+    a.on("frame", check);
+    b.on("frame", check);
+  });
+  const framesA = collect(a.frames());
+  const framesB = collect(b.frames());
+  await bothAt2;
+  a.close();
+  assert.deepEqual(seqs(await framesA), [1, 2]);
+  const conn = server.connections[0]!;
+  conn.send(fake.frames[2]);
+  conn.send(fake.frames[3]);
+  assert.deepEqual(seqs(await framesB), [1, 2, 3, 4]);
+  assert.equal(server.connections.length, 1);
+  assert.equal(server.messages.filter((m) => m.action === "unsubscribe").length, 0);
 });
 
 test("8. abort: the iterator throws signal.reason and the run unsubscribes", async (t) => {
