@@ -67,7 +67,13 @@ export function useHatchwayRun(options: UseHatchwayRunOptions | null | undefined
       setState(stateOf([], "closed"));
       return undefined;
     }
-    const target = current.run ?? current.client.attach(current.runId, current.token, current.websocketUrl);
+    let target: Run;
+    try {
+      target = current.run ?? current.client.attach(current.runId, current.token, current.websocketUrl);
+    } catch (error) {
+      setState({ ...stateOf([], "closed"), error: error instanceof Error ? error : new Error(String(error)) });
+      return undefined;
+    }
     const accumulated = stateOf(target.delivered(), target.final ? "closed" : "connecting");
     let active = true;
     let scheduled = false;
