@@ -190,7 +190,7 @@ class Connection:
             logger.info("websocket lost", url=self.url, error=repr(error))
         finally:
             pinger.cancel()
-        logger.info("websocket closed", url=self.url, code=ws.close_code)
+        logger.debug("websocket closed", url=self.url, code=ws.close_code)
 
     async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while not ws.closed:
