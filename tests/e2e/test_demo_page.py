@@ -168,6 +168,20 @@ async def test_a_network_cut_mid_stream_and_restored_leaves_the_text_exact(
     assert cut_at < len(ANNA_KARENINA)  # the cut really was mid-stream
 
 
+async def test_the_drop_button_closes_the_socket_and_the_run_resumes_exactly(
+    page: Page, demo: DemoPage
+) -> None:
+    sockets, subscribes = record_sockets(page)
+    await page.goto(page_url(demo, "demo-stream", SLOW))
+    await wait_for_text(page, 40)
+    await page.click("#drop")
+    await page.wait_for_selector('.event.info:text-matches("connection lost after seq")')
+    assert await final_status(page) == "COMPLETED"
+    assert await shown_text(page) == ANNA_KARENINA
+    assert len(sockets) == 2  # the dropped one and its successor
+    assert subscribes[-1]["after"] >= 5  # resumed after what it had, not from the start
+
+
 async def test_a_reload_mid_stream_resumes_without_repeating_a_chunk(
     page: Page, demo: DemoPage
 ) -> None:

@@ -76,9 +76,6 @@ class RunView {
     for (const event of state.events) this.renderEvent(event);
     this.renderStatus();
     this.renderCounts();
-    $('[data-action="drop"]', this.element).addEventListener("click", () => {
-      for (const socket of sockets) socket.close(4000, "dropped by the demo page");
-    });
     $('[data-action="remove"]', this.element).addEventListener("click", () => this.remove());
   }
 
@@ -175,11 +172,18 @@ class RunView {
 
   renderConnection(connection) {
     const badge = this.part("connection");
+    const was = badge.textContent;
     badge.textContent = connection;
     badge.className = `badge connection ${connection}`;
-    if (connection === "reconnecting" || connection === "fallback") {
-      this.state.reconnects = (this.state.reconnects ?? 0) + (connection === "reconnecting" ? 1 : 0);
+    // Once per episode, not per attempt: what happened, and where it resumes.
+    if (connection === "reconnecting" && was !== "reconnecting" && was !== "fallback") {
+      this.state.reconnects = (this.state.reconnects ?? 0) + 1;
+      this.addEvent({ kind: "info", text: `connection lost after seq ${this.state.lastSeq}: reconnecting, then resuming with after=${this.state.lastSeq}` });
       this.renderCounts();
+      save();
+    } else if (connection === "fallback" && was !== "fallback") {
+      this.addEvent({ kind: "info", text: `the WebSocket does not connect: catching up over GET /runs/{id}/frames` });
+      save();
     }
   }
 
@@ -231,6 +235,9 @@ function setUp() {
   for (const name of Object.keys(config.workflows)) select.append(new Option(name, name));
   const fill = () => (input.value = JSON.stringify(config.workflows[select.value] ?? {}));
   select.addEventListener("change", fill);
+  $("#drop").addEventListener("click", () => {
+    for (const socket of sockets) socket.close(4000, "dropped by the demo page");
+  });
   $("#start-form").addEventListener("submit", (event) => {
     event.preventDefault();
     let parsed;
