@@ -200,6 +200,31 @@ async def test_a_reload_mid_stream_resumes_without_repeating_a_chunk(
     assert {s["runId"] for s in subscribes} == {run_id}
 
 
+async def test_a_gap_is_shown_where_frames_were_lost_upstream(
+    page: Page, demo: DemoPage, stack: LocalStack
+) -> None:
+    """Hatchet streams are live-only: while the relay's subscription is down, what the
+    task streams is lost upstream. The page says so at that point, and goes on."""
+    assert stack.hatchet is not None
+    await page.goto(page_url(demo, "demo-stream", SLOW))
+    await wait_for_text(page, 40)
+    run_id = await page.inner_text("#run-id")
+    before_gap = await shown_text(page)
+    try:
+        stack.hatchet.engine.refuse_subscriptions(1.5)  # about seven chunks at one per 200 ms
+        assert stack.hatchet.engine.break_subscriptions(run_id) >= 1
+        assert await final_status(page) == "COMPLETED"
+    finally:
+        stack.hatchet.engine.clear_faults()
+    gap = await page.inner_text(".event.gap")
+    assert gap.startswith("gap at seq ")
+    assert await page.locator("#text .gap-mark").count() == 1  # marked where it fell
+    text = await shown_text(page)
+    assert text.startswith(before_gap)
+    assert ANNA_KARENINA.endswith(text[-20:])  # it went on after the gap, to the end
+    assert len(text) < len(ANNA_KARENINA)  # and did not pretend the lost chunks arrived
+
+
 async def test_demo_file_shows_a_link_whose_bytes_match_its_sha256(
     page: Page, demo: DemoPage
 ) -> None:

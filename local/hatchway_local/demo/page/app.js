@@ -64,6 +64,13 @@ async function sha256Of(url) {
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+function gapMark() {
+  const mark = document.createElement("span");
+  mark.className = "gap-mark";
+  mark.title = "frames were lost here: see the gap below";
+  return mark;
+}
+
 class RunView {
   constructor(state) {
     this.state = state; // what is saved: the run, what it showed, its last seq
@@ -72,7 +79,8 @@ class RunView {
     this.part = (role) => $(`[data-role="${role}"]`, this.element);
     this.part("workflow").textContent = state.workflow;
     this.part("run-id").textContent = state.runId;
-    this.part("text").textContent = state.text;
+    state.gapsAt ??= [];
+    this.renderText();
     for (const event of state.events) this.renderEvent(event);
     this.renderStatus();
     this.renderCounts();
@@ -110,13 +118,15 @@ class RunView {
     if (frame.type === "chunk") {
       this.state.chunks += 1;
       this.state.text += frame.data ?? "";
-      this.part("text").textContent = this.state.text;
+      this.part("text").append(frame.data ?? "");
       if (frame.url) this.addEvent({ kind: "info", text: `chunk ${frame.seq}: ${formatBytes(frame.size)} fetched from S3 by reference` });
     } else if (frame.type === "file") {
       this.addEvent({ kind: "file", seq: frame.seq, name: frame.name, size: frame.size, sha256: frame.sha256, url: frame.url });
     } else if (frame.type === "gap") {
       const skipped = frame.skipped ? ` (seqs ${frame.skipped[0]}–${frame.skipped[1]} not in the log)` : "";
       this.addEvent({ kind: "gap", text: `gap at seq ${frame.seq}: ${frame.reason}${skipped}` });
+      this.state.gapsAt.push(this.state.text.length);
+      this.part("text").append(gapMark());
     } else if (frame.type === "status") {
       this.state.status = frame.status;
       this.state.final = Boolean(frame.final);
@@ -129,6 +139,19 @@ class RunView {
     }
     this.renderCounts();
     save();
+  }
+
+  // The text, with a mark where each gap fell. The mark is drawn by CSS (::before), so
+  // the element's textContent stays exactly the run's text.
+  renderText() {
+    const element = this.part("text");
+    element.replaceChildren();
+    let from = 0;
+    for (const at of this.state.gapsAt) {
+      element.append(this.state.text.slice(from, at), gapMark());
+      from = at;
+    }
+    element.append(this.state.text.slice(from));
   }
 
   addEvent(event) {
