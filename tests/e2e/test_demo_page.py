@@ -74,6 +74,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest_asyncio.fixture
 async def page(browser: Browser, tmp_path: Path) -> AsyncIterator[Page]:
+    """A fresh page; any error it logs fails the test (among them the page's own report
+    of a frame the client delivered twice)."""
     context = await browser.new_context(viewport={"width": 1180, "height": 900})
     opened = await context.new_page()
     problems: list[str] = []

@@ -113,7 +113,12 @@ class RunView {
   }
 
   apply(frame) {
-    if (frame.seq <= this.state.lastSeq) return; // the page's own guard: shown already
+    if (frame.seq <= this.state.lastSeq) {
+      // The client promises each frame once: a repeat here is its bug (the browser tests
+      // fail on any console error), and the page still shows it only once.
+      console.error(`the client delivered seq ${frame.seq} again (the page had ${this.state.lastSeq})`);
+      return;
+    }
     this.state.lastSeq = frame.seq;
     if (frame.type === "chunk") {
       this.state.chunks += 1;
