@@ -362,22 +362,24 @@ async def test_two_runs_share_one_socket(fake: FakeHatchway) -> None:
 async def test_cancelling_the_iteration_unsubscribes(fake: FakeHatchway) -> None:
     fake.add_run("r1", [chunk("r1", 1, "first")])  # a run that goes on
     fake.add_run("r2", [chunk("r2", 1, "other")])
-    first = asyncio.Event()
+    got_one = {"r1": asyncio.Event(), "r2": asyncio.Event()}  # each run's own
     states: list[ConnectionState] = []
 
     async def consume(run: Run) -> None:
         async for _ in run.frames():
-            first.set()
+            got_one[run.run_id].set()
 
     async with client_for(fake) as client:
         run = client.attach("r1", "token-r1")
         run.on_connection = states.append
         other = client.attach("r2", "token-r2")
         keeps = asyncio.create_task(consume(other))
-        await fake.until(lambda: len(fake.messages("subscribe", "r2")) == 1)
+        async with asyncio.timeout(WAIT_S):
+            await got_one["r2"].wait()
         task = asyncio.create_task(consume(run))
         async with asyncio.timeout(WAIT_S):
-            await first.wait()
+            await got_one["r1"].wait()  # r1 is cancelled mid-stream, after its first frame
+        assert seqs(run.history) == [1]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
