@@ -530,3 +530,34 @@ async def test_run_close_ends_the_iteration_and_unsubscribes(fake: FakeHatchway)
         await fake.until(lambda: len(fake.messages("unsubscribe", "r1")) == 1)
     assert raised.value.code == "closed"
     assert len(fake.messages("subscribe", "r1")) == 1
+
+
+async def test_a_call_right_after_run_close_follows_again(fake: FakeHatchway) -> None:
+    fake.add_run("r1", [chunk("r1", 1, "a")])  # a run that goes on
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        frames = run.frames()
+        assert (await anext(frames))["seq"] == 1
+        run.close()
+        fake.runs["r1"].log.append(final("r1", 2))
+        assert seqs(await follow(run, after=1)) == [2]  # straight after close(): a new follow
+        with pytest.raises(StopAsyncIteration):
+            await anext(frames)  # the iteration close() ended stays ended
+        assert await run.text() == "a"
+        assert seqs(run.history) == [1, 2]
+    assert [after for _, after, _ in subscribes(fake, "r1")] == [0, 1]
+    assert len(fake.messages("unsubscribe", "r1")) == 1
+    assert len(fake.sockets) == 1  # the socket, idle a moment, was kept for the new follow
+
+
+async def test_a_call_right_after_the_last_watcher_left_follows_again(fake: FakeHatchway) -> None:
+    fake.add_run("r1", [chunk("r1", 1, "a")])  # a run that goes on
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        frames = run.frames()
+        assert (await anext(frames))["seq"] == 1
+        await frames.aclose()  # nothing watches the run any more: it stops following
+        fake.runs["r1"].log.append(final("r1", 2))
+        async with asyncio.timeout(WAIT_S):
+            assert await run.text() == "a"  # straight after: a new follow, from seq 1
+    assert [after for _, after, _ in subscribes(fake, "r1")] == [0, 1]

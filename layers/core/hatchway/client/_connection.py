@@ -352,7 +352,11 @@ class Connection:
     def _close_if_idle(self) -> None:
         ws = self._ws
         if not self._subs and ws is not None and not ws.closed:
-            self._spawn(ws.close())
+            self._spawn(self._close_idle(ws))
+
+    async def _close_idle(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if not self._subs and not ws.closed:  # still idle: no run joined in between
+            await ws.close()
 
     def _set_state(self, state: ConnectionState) -> None:
         self.state = state

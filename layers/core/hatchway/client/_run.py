@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from hatchway.client._connection import Subscription
+from hatchway.client._connection import Connection, Subscription
 from hatchway.client._http import download
 from hatchway.client._types import (
     FAILED_STATUSES,
@@ -60,6 +60,7 @@ class Run:
         self.on_connection: ConnectionCallback | None = None
         self._start_after = 0
         self._follower: asyncio.Task[None] | None = None
+        self._attached: tuple[Connection, Subscription] | None = None  # the follower's
         self._done: asyncio.Future[StatusFrame] | None = None
         self._queues: set[asyncio.Queue[Frame | BaseException | None]] = set()
         self._waiters = 0
@@ -124,8 +125,7 @@ class Run:
             self._done.set_exception(
                 HatchwayError("closed", f"stopped following run {self.run_id}")
             )
-        if self._follower is not None:
-            self._follower.cancel()
+        self._detach()
 
     def notify(self, state: ConnectionState) -> None:
         callback = self.on_connection
@@ -186,13 +186,29 @@ class Run:
         return self._done
 
     def _stop_if_unwatched(self) -> None:
-        if not self._queues and self._waiters == 0 and self._follower is not None:
-            self._follower.cancel()  # its finally unsubscribes
+        if not self._queues and self._waiters == 0:
+            self._detach()
+
+    def _detach(self) -> None:
+        """Stop the follower now: its subscription leaves the connection at once (the
+        server is told unless another Run of this run still follows it) and the run is
+        no longer following, so a call straight after starts a new follow (the old
+        task, cancelled, cleans up only what is its own)."""
+        follower, self._follower = self._follower, None
+        if follower is None or follower.done():
+            return
+        follower.cancel()
+        attached, self._attached = self._attached, None
+        if attached is not None:
+            connection, sub = attached
+            connection.remove(sub)
+        self.notify("closed")
 
     async def _follow(self, done: asyncio.Future[StatusFrame]) -> None:
         connection = self._client.connection(self.websocket_url)
         sub = Subscription(self, self.last_seq if self.history else self._start_after)
         connection.add(sub)
+        self._attached = (connection, sub)
         try:
             await self._pump(sub, done)
         except asyncio.CancelledError:
@@ -203,8 +219,10 @@ class Run:
             if not done.done():
                 done.set_exception(error)
         finally:
-            connection.remove(sub)
-            self.notify("closed")
+            connection.remove(sub)  # nothing when _detach() removed it already
+            if self._attached is not None and self._attached[1] is sub:
+                self._attached = None
+                self.notify("closed")
 
     async def _pump(self, sub: Subscription, done: asyncio.Future[StatusFrame]) -> None:
         """The connection's frames for this run, resolved and delivered, to the final."""
