@@ -561,3 +561,50 @@ async def test_a_call_right_after_the_last_watcher_left_follows_again(fake: Fake
         async with asyncio.timeout(WAIT_S):
             assert await run.text() == "a"  # straight after: a new follow, from seq 1
     assert [after for _, after, _ in subscribes(fake, "r1")] == [0, 1]
+
+
+async def test_two_run_objects_of_one_run_on_one_client_both_get_every_frame(
+    fake: FakeHatchway,
+) -> None:
+    run_log = words_log("r1", 2)
+    fake.add_run("r1", run_log)
+    async with client_for(fake) as client:
+        first, second = client.attach("r1", "token-r1"), client.attach("r1", "token-r1")
+        async with asyncio.timeout(WAIT_S):
+            texts = await asyncio.gather(first.text(), second.text())
+    assert texts == ["w1 w2 ", "w1 w2 "]
+    assert first.history == second.history == run_log
+    assert len(fake.sockets) == 1
+
+
+async def test_the_server_is_told_unsubscribe_when_the_last_run_object_leaves(
+    fake: FakeHatchway,
+) -> None:
+    fake.add_run("r1", [chunk("r1", 1, "a")])  # a run that goes on
+    async with client_for(fake) as client:
+        first, second = client.attach("r1", "token-r1"), client.attach("r1", "token-r1")
+        first_frames, second_frames = first.frames(), second.frames()
+        async with asyncio.timeout(WAIT_S):
+            assert (await anext(first_frames))["seq"] == 1
+            assert (await anext(second_frames))["seq"] == 1
+            await first_frames.aclose()  # the other Run still follows r1
+            await fake.send(0, chunk("r1", 2, "b"))
+            assert (await anext(second_frames))["seq"] == 2
+            await second_frames.aclose()  # the last one leaves: unsubscribe
+        await fake.until(lambda: fake.sockets[0].closed)  # after the unsubscribe, in order
+    assert len(fake.messages("unsubscribe", "r1")) == 1
+    assert seqs(first.history) == [1]
+    assert seqs(second.history) == [1, 2]
+
+
+async def test_following_through_a_closed_client_raises_closed(fake: FakeHatchway) -> None:
+    fake.add_run("r1", words_log("r1", 2))
+    client = client_for(fake)
+    run = client.attach("r1", "token-r1")
+    await client.close()
+    for follows in (run.text, run.result, lambda: follow(run)):
+        with pytest.raises(HatchwayError) as raised:
+            async with asyncio.timeout(WAIT_S):
+                await follows()
+        assert raised.value.code == "closed"
+    assert fake.connect_tokens == []

@@ -3,7 +3,9 @@
 The connection connects with the ``?token=`` of one active run and subscribes each
 run with its own token and ``after`` = the highest ``seq`` it received, on every
 (re)open. Frames with ``seq <= after`` are dropped, so each reaches its run once, in
-order. Drops are retried with full-jitter capped exponential backoff; after
+order. Several Run objects of one run id may follow it through one client: each is a
+subscription of its own and gets every frame; the server is told ``unsubscribe`` when
+the last of them leaves. Drops are retried with full-jitter capped exponential backoff; after
 ``fallback_after`` consecutive failed connects every run catches up over
 ``GET /runs/{id}/frames`` before the WebSocket is tried again.
 """
@@ -64,7 +66,7 @@ class Connection:
         self.url = url
         self.state: ConnectionState = "closed"
         self.opens = 0  # WebSocket connections opened so far
-        self._subs: dict[str, Subscription] = {}
+        self._subs: dict[str, list[Subscription]] = {}  # by run id, never an empty list
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -75,12 +77,9 @@ class Connection:
     # -- runs join and leave -------------------------------------------------------------
 
     def add(self, sub: Subscription) -> None:
-        run_id = sub.run.run_id
         if self._closed:
             raise HatchwayError("closed", "the client is closed")
-        if run_id in self._subs:
-            raise HatchwayError("bad_request", f"run {run_id} is already followed by this client")
-        self._subs[run_id] = sub
+        self._subs.setdefault(sub.run.run_id, []).append(sub)
         if self.state != "closed":
             sub.run.notify(self.state)
         if self._ws is not None and not self._ws.closed:
@@ -89,16 +88,14 @@ class Connection:
             self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     def remove(self, sub: Subscription) -> None:
-        """The reader stopped (final status, error, cancelled): unsubscribe if still on."""
-        run_id = sub.run.run_id
-        if self._subs.get(run_id) is not sub:
-            return
-        del self._subs[run_id]
-        self._spawn(self._unsubscribe(run_id))
+        """The reader stopped (final status, error, cancelled): unsubscribe if it was
+        still on and no other subscription follows its run."""
+        if self._drop(sub):
+            self._spawn(self._unsubscribe(sub.run.run_id))
 
     async def close(self) -> None:
         self._closed = True
-        for sub in list(self._subs.values()):
+        for sub in self._all():
             self._fail(sub, HatchwayError("closed", "the client was closed"))
         tasks = [t for t in (self._task, *self._tasks) if t is not None]
         for task in tasks:
@@ -116,7 +113,7 @@ class Connection:
             raise
         except Exception as error:  # noqa: BLE001 - a bug of ours: the runs fail, not hang
             logger.exception("connection failed", url=self.url)
-            for sub in list(self._subs.values()):
+            for sub in self._all():
                 self._fail(sub, HatchwayError("internal", f"the connection failed: {error!r}"))
             self._set_state("closed")
 
@@ -150,7 +147,7 @@ class Connection:
         self._set_state("closed")
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse | None:
-        sub = next(iter(self._subs.values()))
+        sub = self._all()[0]
         url = URL(self.url).update_query(token=sub.run.token)
         session = await self.owner.http()
         try:
@@ -171,7 +168,7 @@ class Connection:
         self._confirmed.clear()
         self.opens += 1
         self._set_state("open")
-        for sub in list(self._subs.values()):
+        for sub in self._all():
             await self._subscribe(ws, sub)
         if not self._subs:
             return
@@ -200,12 +197,12 @@ class Connection:
     async def _fall_back(self) -> None:
         """Catch every run up over HTTP, then let the WebSocket be tried again."""
         self._set_state("fallback")
-        for sub in list(self._subs.values()):
+        for sub in self._all():
             await self._catch_up(sub)
 
     async def _catch_up(self, sub: Subscription) -> None:
         renewed = False
-        while self._subs.get(sub.run.run_id) is sub:
+        while self._has(sub):
             try:
                 page = await self.owner.frames_page(sub.run, sub.received, PAGE_LIMIT)
             except HatchwayError as error:
@@ -243,33 +240,40 @@ class Connection:
         kind = frame.get("type")
         if isinstance(frame.get("seq"), int) and isinstance(run_id, str):
             self._deliver(run_id, frame)
-        elif kind == "subscribed" and isinstance(run_id, str):
+        elif kind == "subscribed" and isinstance(run_id, str) and run_id in self._subs:
             self._confirmed.add(run_id)
         elif kind == "error":
             self._on_error(frame)
 
     def _deliver(self, run_id: str, frame: Frame) -> None:
-        sub = self._subs.get(run_id)
         seq = frame.get("seq")
-        if sub is None or not isinstance(seq, int) or seq <= sub.received:
-            return  # not followed here, or a frame re-sent across a reconnect
-        sub.received = seq
-        sub.unauthorized_streak = 0
-        sub.queue.put_nowait(frame)
-        if is_final(frame):  # nothing follows it: the run leaves the socket
-            del self._subs[run_id]
-            self._close_if_idle()
+        if not isinstance(seq, int):
+            return
+        for sub in list(self._subs.get(run_id, ())):  # none: not followed here
+            if seq <= sub.received:
+                continue  # a frame re-sent across a reconnect (or for another Run's after)
+            sub.received = seq
+            sub.unauthorized_streak = 0
+            sub.queue.put_nowait(frame)
+            if is_final(frame):  # nothing follows it: the run leaves the socket
+                self._drop(sub)
+                self._close_if_idle()
 
     def _on_error(self, frame: Frame) -> None:
         code = str(frame.get("code"))
         message = str(frame.get("message", ""))
         run_id = frame.get("runId")
-        sub = self._subs.get(run_id) if isinstance(run_id, str) else None
+        subs = list(self._subs.get(run_id, ())) if isinstance(run_id, str) else []
         if code == "rate_limited" and (self._rate_retry is None or self._rate_retry.done()):
             self._rate_retry = self._spawn(self._resubscribe_unconfirmed())
-        if sub is None:
+        if not subs:
             logger.info("server error", url=self.url, code=code, detail=message)
             return
+        for sub in subs:
+            self._on_run_error(sub, code, message)
+
+    def _on_run_error(self, sub: Subscription, code: str, message: str) -> None:
+        run_id = sub.run.run_id
         if code == "unauthorized":
             sub.unauthorized_streak += 1
             if sub.unauthorized_streak > MAX_UNAUTHORIZED_STREAK:
@@ -288,13 +292,13 @@ class Connection:
             self._fail(sub, HatchwayError("unauthorized", message))
             return
         ws = self._ws
-        if ws is not None and not ws.closed and self._subs.get(sub.run.run_id) is sub:
+        if ws is not None and not ws.closed and self._has(sub):
             await self._subscribe(ws, sub)
 
     async def _resubscribe_later(self, sub: Subscription) -> None:
         await self.owner.sleep(self.owner.backoff.delay(1))
         ws = self._ws
-        if ws is not None and not ws.closed and self._subs.get(sub.run.run_id) is sub:
+        if ws is not None and not ws.closed and self._has(sub):
             await self._subscribe(ws, sub)
 
     async def _resubscribe_unconfirmed(self) -> None:
@@ -302,7 +306,7 @@ class Connection:
         ws = self._ws
         if ws is None or ws.closed:
             return  # a reopen subscribes them all
-        for sub in list(self._subs.values()):
+        for sub in self._all():
             if sub.run.run_id not in self._confirmed:
                 await self._subscribe(ws, sub)
 
@@ -343,9 +347,27 @@ class Connection:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _all(self) -> list[Subscription]:
+        return [sub for subs in self._subs.values() for sub in subs]
+
+    def _has(self, sub: Subscription) -> bool:
+        return any(s is sub for s in self._subs.get(sub.run.run_id, ()))
+
+    def _drop(self, sub: Subscription) -> bool:
+        """Forget the subscription: True when it was the last of its run here."""
+        run_id = sub.run.run_id
+        subs = self._subs.get(run_id, [])
+        if not any(s is sub for s in subs):
+            return False
+        subs[:] = [s for s in subs if s is not sub]
+        if subs:
+            return False
+        del self._subs[run_id]
+        self._confirmed.discard(run_id)
+        return True
+
     def _fail(self, sub: Subscription, error: HatchwayError) -> None:
-        if self._subs.get(sub.run.run_id) is sub:
-            del self._subs[sub.run.run_id]
+        self._drop(sub)
         sub.queue.put_nowait(error)
         self._close_if_idle()
 
@@ -360,7 +382,7 @@ class Connection:
 
     def _set_state(self, state: ConnectionState) -> None:
         self.state = state
-        for sub in list(self._subs.values()):
+        for sub in self._all():
             sub.run.notify(state)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -205,11 +205,12 @@ class Run:
         self.notify("closed")
 
     async def _follow(self, done: asyncio.Future[StatusFrame]) -> None:
-        connection = self._client.connection(self.websocket_url)
-        sub = Subscription(self, self.last_seq if self.history else self._start_after)
-        connection.add(sub)
-        self._attached = (connection, sub)
-        try:
+        attached: tuple[Connection, Subscription] | None = None
+        try:  # joining the connection too: whatever fails reaches the watchers
+            connection = self._client.connection(self.websocket_url)
+            sub = Subscription(self, self.last_seq if self.history else self._start_after)
+            connection.add(sub)
+            attached = self._attached = (connection, sub)
             await self._pump(sub, done)
         except asyncio.CancelledError:
             raise
@@ -219,10 +220,11 @@ class Run:
             if not done.done():
                 done.set_exception(error)
         finally:
-            connection.remove(sub)  # nothing when _detach() removed it already
-            if self._attached is not None and self._attached[1] is sub:
-                self._attached = None
-                self.notify("closed")
+            if attached is not None:
+                attached[0].remove(attached[1])  # nothing when _detach() removed it already
+                if self._attached is attached:
+                    self._attached = None
+                    self.notify("closed")
 
     async def _pump(self, sub: Subscription, done: asyncio.Future[StatusFrame]) -> None:
         """The connection's frames for this run, resolved and delivered, to the final."""
