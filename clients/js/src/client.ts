@@ -6,6 +6,7 @@ import type { HatchwayClientOptions, StorageLike, WebSocketConstructor } from ".
 const DEFAULT_BASE_MS = 250;
 const DEFAULT_CAP_MS = 10_000;
 const DEFAULT_FALLBACK_AFTER = 3;
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 
 interface StartResponse {
   runId: string;
@@ -61,6 +62,7 @@ export class HatchwayClient {
       fetch: this.fetchImpl,
       getToken: options.getToken,
       fetchReferences: options.fetchReferences ?? true,
+      requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
       storage: options.storage === undefined ? defaultStorage() : options.storage,
       random,
       baseMs,

@@ -49,7 +49,8 @@ export class SharedSocket {
   private ws: WebSocketLike | null = null;
   private opened = false;
   private readonly subs = new Set<Subscriber>(); // several Runs of one run each get its frames
-  private readonly confirmed = new Set<string>();
+  /** Runs with a subscribe sent on the open socket that nothing answered yet (`subscribed` or an error naming the run). */
+  private readonly unanswered = new Set<string>();
   private failures = 0; // consecutive connects that never opened
   private attempt = 0; // backoff step; back to 0 once a connection opens
   private turn = 0; // whose token the next connect uses
@@ -92,7 +93,7 @@ export class SharedSocket {
   remove(sub: Subscriber, unsubscribe: boolean): void {
     if (!this.subs.delete(sub)) return;
     if (!this.forRun(sub.runId).length) {
-      this.confirmed.delete(sub.runId);
+      this.unanswered.delete(sub.runId);
       if (unsubscribe) this.send({ action: "unsubscribe", runId: sub.runId });
     }
     if (this.subs.size === 0) this.dispose();
@@ -184,7 +185,7 @@ export class SharedSocket {
       this.pingTimer = undefined;
       const wasOpen = this.opened;
       this.opened = false;
-      this.confirmed.clear();
+      this.unanswered.clear(); // a reopen subscribes every run again
       if (!wasOpen) this.failures += 1;
       this.retry();
     };
@@ -219,6 +220,9 @@ export class SharedSocket {
   }
 
   private subscribe(sub: Subscriber): void {
+    // every subscribe waits for its answer, a resubscribe too (a fresh token, after `internal`):
+    // if the server drops it over the rate, the rate_limited retry sends it again
+    if (this.ws && this.opened) this.unanswered.add(sub.runId);
     this.send({ action: "subscribe", runId: sub.runId, token: sub.token, after: sub.resumeAfter });
   }
 
@@ -254,24 +258,26 @@ export class SharedSocket {
     if (frame.type === "pong") return;
     const runId = "runId" in frame && typeof frame.runId === "string" ? frame.runId : undefined;
     if (frame.type === "error") {
-      if (frame.code === "rate_limited") this.retryUnconfirmed();
+      if (frame.code === "rate_limited") this.retryUnanswered();
       const subs = runId === undefined ? [] : this.forRun(runId);
+      if (subs.length) this.unanswered.delete(runId as string); // answered: the run's own handling decides
       if (subs.length) for (const sub of subs) sub.receive(frame);
       else for (const s of [...this.subs]) s.connectionError(frame);
       return;
     }
     if (runId === undefined) return;
     const subs = this.forRun(runId);
-    if (frame.type === "subscribed" && subs.length) this.confirmed.add(runId);
+    if (frame.type === "subscribed" && subs.length) this.unanswered.delete(runId);
     for (const sub of subs) sub.receive(frame);
   }
 
-  /** Messages over the rate are dropped unanswered: subscribe again those not confirmed. */
-  private retryUnconfirmed(): void {
+  /** Messages over the rate are dropped unanswered: send again the subscribes nothing answered. */
+  private retryUnanswered(): void {
     if (this.rateTimer !== undefined) return;
     this.rateTimer = setTimeout(() => {
       this.rateTimer = undefined;
-      for (const sub of [...this.subs]) if (!this.confirmed.has(sub.runId)) this.subscribe(sub);
+      const runIds = new Set(this.unanswered);
+      for (const sub of [...this.subs]) if (runIds.has(sub.runId)) this.subscribe(sub);
     }, RATE_LIMIT_RETRY_MS);
   }
 }

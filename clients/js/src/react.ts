@@ -45,8 +45,9 @@ function stateOf(frames: Frame[], connection: ConnectionState): HatchwayRunState
 
 /**
  * Follow a run while mounted: `{ client, runId, token, websocketUrl?, after?, resumeKey? }`
- * (the hook attaches a Run of its own) or `{ run }`. Unmounting stops following
- * (unsubscribes). `null` renders an idle state (no run yet).
+ * (the hook attaches a Run of its own) or `{ run }`. Unmounting stops the hook's follow
+ * (the run unsubscribes unless something else still watches that Run). `null` renders an
+ * idle state (no run yet).
  */
 export function useHatchwayRun(options: UseHatchwayRunOptions | null | undefined): HatchwayRunState {
   const [state, setState] = useState<HatchwayRunState>(() =>
@@ -100,7 +101,10 @@ export function useHatchwayRun(options: UseHatchwayRunOptions | null | undefined
       }),
     ];
     flush();
-    const follow: { after?: number; resumeKey?: string } = {};
+    // the hook's own watch of the run: unmounting ends it, and the run unsubscribes unless
+    // something else (the caller's iterator, text(), result()) still watches that Run
+    const controller = new AbortController();
+    const follow: { after?: number; resumeKey?: string; signal: AbortSignal } = { signal: controller.signal };
     if (current.after !== undefined) follow.after = current.after;
     if (current.resumeKey !== undefined) follow.resumeKey = current.resumeKey;
     target.follow(follow).then(
@@ -118,7 +122,7 @@ export function useHatchwayRun(options: UseHatchwayRunOptions | null | undefined
     return () => {
       active = false;
       for (const off of offs) off();
-      target.close();
+      controller.abort();
     };
   }, [run, client, runId, websocketUrl, resumeKey]);
 

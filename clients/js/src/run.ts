@@ -23,6 +23,8 @@ export interface RunContext {
   fetch: typeof fetch;
   getToken: ((runId: string) => string | Promise<string>) | undefined;
   fetchReferences: boolean;
+  /** How long one HTTP request (a by-reference fetch, a GET /frames) may take, ms. */
+  requestTimeoutMs: number;
   storage: StorageLike | null;
   random: () => number;
   baseMs: number;
@@ -46,8 +48,10 @@ interface Session {
   readonly resolve: (frame: StatusFrame) => void;
   readonly reject: (error: unknown) => void;
   readonly storageKey: string | undefined;
-  readonly signal: AbortSignal | undefined;
-  readonly onAbort: (() => void) | undefined;
+  /** What watches the run through this session: iterators, follow()/text()/result() calls. */
+  readonly watchers: Set<object>;
+  /** Aborted when the session ends: its HTTP requests stop. */
+  readonly controller: AbortController;
   socket: SharedSocket | null;
   subscriber: Subscriber | null;
 }
@@ -57,10 +61,18 @@ const FATAL_CODES = new Set(["not_found", "forbidden", "bad_request", "too_large
 const REFERENCE_TRIES = 4;
 const MAX_UNAUTHORIZED_STREAK = 3;
 const PAGES_PER_CATCH_UP = 10_000;
+/** Without baseUrl and getToken: fallback rounds (the WebSocket refusing every connect) before the run fails. */
+const MAX_BLIND_ROUNDS = 3;
+/** getToken failures in a row (in the fallback) before the run fails. */
+const MAX_TOKEN_FAILURES = 3;
 
 /** A queue one frames() iterator reads. */
 class FrameQueue {
   private readonly buffer: Frame[] = [];
+
+  /** `after`: the iterator's own `after`; frames up to it are not its to yield. */
+  constructor(private readonly after: number | undefined) {}
+
   private ended = false;
   private failed = false;
   private error: unknown;
@@ -68,6 +80,7 @@ class FrameQueue {
 
   push(frame: Frame): void {
     if (this.ended || this.failed) return;
+    if (this.after !== undefined && frame.seq <= this.after) return;
     const waiter = this.waiter;
     if (waiter) {
       this.waiter = null;
@@ -129,6 +142,11 @@ export class Run {
   private readonly pending: Frame[] = [];
   private pumping = false;
   private unauthorizedStreak = 0;
+  /** A `subscribed` answered a subscribe carrying the current token. */
+  private tokenConfirmed = false;
+  /** Fallback rounds with no HTTP API to catch up from, since the socket last served this run. */
+  private blindRounds = 0;
+  private tokenFailures = 0;
   private connectionState: ConnectionState = "closed";
   private readonly listeners = new Map<RunEventName, Set<Handler>>();
   private readonly iterators = new Set<FrameQueue>();
@@ -190,12 +208,43 @@ export class Run {
    * Follow the run (for the event handlers alone, or under frames(), text(), result()).
    * Resolves with the final status frame; rejects with a HatchwayError when the run cannot
    * be followed, with signal.reason on abort, or with an AbortError after close().
+   *
+   * Calls share one follow of the run. A call with a `signal` watches until it aborts: its
+   * promise rejects with signal.reason, and the run unsubscribes only if nothing else (an
+   * iterator, another call) still watches it. A call without a signal watches to the end.
+   * `after` and `resumeKey` take effect when the call starts the follow.
    */
   follow(options: FollowOptions = {}): Promise<StatusFrame> {
     if (this.finalFrame) return Promise.resolve(this.finalFrame);
-    if (this.session) return this.session.promise;
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
+    const session = this.session ?? this.start(options);
+    const watcher = {};
+    session.watchers.add(watcher);
+    if (!signal) return session.promise;
+    const view = new Promise<StatusFrame>((resolve, reject) => {
+      const onAbort = (): void => {
+        reject(signal.reason);
+        this.release(session, watcher, signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      session.promise.then(
+        (frame) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(frame);
+        },
+        (error: unknown) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(error);
+        },
+      );
+    });
+    view.catch(() => undefined); // the caller may not await it; its rejection is not unhandled
+    return view;
+  }
+
+  /** A new session: subscribe on the shared socket from `after` (or the stored seq). */
+  private start(options: FollowOptions): Session {
     const storageKey = options.resumeKey === undefined ? undefined : `hatchway:${options.resumeKey}`;
     let after = options.after;
     if (after === undefined && storageKey !== undefined) after = this.readStored(storageKey);
@@ -209,60 +258,77 @@ export class Run {
       reject = rej;
     });
     promise.catch(() => undefined); // the caller may not await it; its rejection is not unhandled
-    const onAbort = signal ? () => this.abort(signal.reason) : undefined;
-    const session: Session = { promise, resolve, reject, storageKey, signal, onAbort, socket: null, subscriber: null };
+    const session: Session = {
+      promise,
+      resolve,
+      reject,
+      storageKey,
+      watchers: new Set(),
+      controller: new AbortController(),
+      socket: null,
+      subscriber: null,
+    };
     this.session = session;
     this.unauthorizedStreak = 0;
+    this.blindRounds = 0;
+    this.tokenFailures = 0;
     this.context.track(this);
-    if (signal && onAbort) signal.addEventListener("abort", onAbort, { once: true });
     const subscriber = this.subscriber(session);
     const socket = this.context.socketFor(this.websocketUrl);
     session.socket = socket;
     session.subscriber = subscriber;
     socket.add(subscriber);
-    return promise;
+    return session;
+  }
+
+  /** A watcher is done (aborted, or its loop left): the last one out stops the follow (unsubscribes). */
+  private release(session: Session, watcher: object, reason: unknown): void {
+    if (!session.watchers.delete(watcher)) return;
+    if (this.session !== session || session.watchers.size > 0) return;
+    this.teardown(session, true);
+    for (const queue of [...this.iterators]) queue.fail(reason, true);
+    this.iterators.clear();
+    session.reject(reason);
   }
 
   /**
    * Each sequenced frame (chunk, file, status, gap) exactly once, in seq order; ends after the
-   * final status. Frames this Run already delivered are yielded first. Abort: throws signal.reason.
+   * final status. Frames this Run already delivered are yielded first (those after `after`).
+   * Abort: this iterator throws signal.reason; the run unsubscribes once nothing else watches it.
    */
   async *frames(options: FollowOptions = {}): AsyncGenerator<Frame, void, undefined> {
     const { signal } = options;
     if (signal?.aborted) throw signal.reason;
-    const queue = new FrameQueue();
-    const from = options.after;
-    for (const frame of this.history) if (from === undefined || frame.seq > from) queue.push(frame);
-    if (this.finalFrame) queue.end();
-    const startedHere = !this.session && !this.finalFrame;
+    const queue = new FrameQueue(options.after);
+    for (const frame of this.history) queue.push(frame);
+    let session: Session | null = null;
     let onAbort: (() => void) | undefined;
-    if (!this.finalFrame) {
-      this.iterators.add(queue);
-      const following = this.follow(options);
-      following.catch(() => undefined);
-      if (signal && !startedHere) {
-        onAbort = () => this.abort(signal.reason);
+    if (this.finalFrame) queue.end();
+    else {
+      this.iterators.add(queue); // before the follow starts: a failure at once reaches it
+      session = this.session ?? this.start(options);
+      session.watchers.add(queue);
+      if (signal) {
+        const watched = session;
+        onAbort = () => {
+          queue.fail(signal.reason, true);
+          this.iterators.delete(queue);
+          this.release(watched, queue, signal.reason);
+        };
         signal.addEventListener("abort", onAbort, { once: true });
       }
     }
-    let complete = false;
     try {
       for (;;) {
         const result = await queue.next();
-        if (result.done) {
-          complete = true;
-          return;
-        }
+        if (result.done) return;
         yield result.value;
       }
-    } catch (error) {
-      complete = true;
-      throw error;
     } finally {
       this.iterators.delete(queue);
       if (signal && onAbort) signal.removeEventListener("abort", onAbort);
-      // a loop left early (break) stops a follow it started, unless someone else reads the run
-      if (!complete && startedHere && this.iterators.size === 0) this.close();
+      // a loop left early (break) stops the follow, unless something else still watches the run
+      if (session) this.release(session, queue, abortError(`stopped following run ${this.runId}`));
     }
   }
 
@@ -283,7 +349,11 @@ export class Run {
 
   /** The same frame with a fresh url (GET /runs/{id}/frames?after=seq-1&limit=1). */
   async refresh<F extends Frame>(frame: F): Promise<F> {
-    const body = await this.getJson(`frames?after=${Math.max(0, frame.seq - 1)}&limit=1`);
+    return this.fresh(frame, undefined);
+  }
+
+  private async fresh<F extends Frame>(frame: F, session: Session | undefined): Promise<F> {
+    const body = await this.getJson(`frames?after=${Math.max(0, frame.seq - 1)}&limit=1`, session);
     const frames = Array.isArray((body as { frames?: unknown }).frames) ? (body as { frames: Frame[] }).frames : [];
     const fresh = frames.find((f) => f && f.seq === frame.seq);
     if (!fresh) {
@@ -304,15 +374,6 @@ export class Run {
     session.reject(abortError(`stopped following run ${this.runId}`));
   }
 
-  private abort(reason: unknown): void {
-    const session = this.session;
-    if (!session) return;
-    this.teardown(session, true);
-    for (const queue of [...this.iterators]) queue.fail(reason, true);
-    this.iterators.clear();
-    session.reject(reason);
-  }
-
   private fail(session: Session, error: Error, unsubscribe: boolean): void {
     if (this.session !== session) return;
     this.teardown(session, unsubscribe);
@@ -327,7 +388,7 @@ export class Run {
     this.pending.length = 0;
     this.pumping = false;
     this.accepted = this.lastDelivered;
-    if (session.signal && session.onAbort) session.signal.removeEventListener("abort", session.onAbort);
+    session.controller.abort(abortError(`stopped following run ${this.runId}`));
     if (session.subscriber) session.socket?.remove(session.subscriber, unsubscribe);
     this.context.untrack(this);
     this.setConnection("closed", {});
@@ -375,8 +436,13 @@ export class Run {
       case "error":
         this.errorFrame(session, frame);
         return;
+      case "subscribed":
+        // the socket serves this run with its token: the fallback need not doubt it
+        this.tokenConfirmed = true;
+        this.blindRounds = 0;
+        return;
       default:
-        return; // subscribed, unsubscribed
+        return; // unsubscribed
     }
   }
 
@@ -408,7 +474,7 @@ export class Run {
     try {
       const token = await getToken(this.runId);
       if (this.session !== session) return;
-      this.token = token;
+      this.useToken(token);
       if (session.subscriber) session.socket?.resubscribe(session.subscriber);
     } catch (cause) {
       this.fail(session, asError(cause), false);
@@ -466,7 +532,7 @@ export class Run {
       if (attempt > 1) await sleep(backoffDelay(attempt - 2, this.context.baseMs, this.context.capMs, this.context.random));
       if (attempt > 0) {
         try {
-          current = (await this.refresh(frame)) as ChunkFrame | StatusFrame;
+          current = (await this.fresh(frame, session)) as ChunkFrame | StatusFrame;
         } catch (error) {
           if (error instanceof HatchwayError && FATAL_CODES.has(error.code)) throw error;
           lastError = error;
@@ -476,7 +542,7 @@ export class Run {
       const url = current.url;
       if (!url) return current; // the refreshed frame came inline
       try {
-        const response = await this.context.fetch(url);
+        const response = await this.context.fetch(url, { signal: this.requestSignal(session) });
         if (response.ok) {
           if (current.type === "chunk") {
             return { ...current, data: await response.text() };
@@ -535,8 +601,7 @@ export class Run {
   /** HTTP fallback: GET /runs/{id}/frames?after=last, following `next` until `final` or an empty page. */
   private async catchUp(session: Session): Promise<void> {
     if (!this.context.baseUrl) {
-      // no HTTP API to catch up from; the refused connects may be the token's ($connect checks it)
-      if (this.context.getToken) this.token = await this.context.getToken(this.runId);
+      await this.blindRound(session);
       return;
     }
     let after = this.accepted;
@@ -544,13 +609,19 @@ export class Run {
       if (this.session !== session) return;
       let body: { frames?: unknown; next?: unknown; final?: unknown };
       try {
-        body = (await this.getJson(`frames?after=${after}`)) as typeof body;
+        body = (await this.getJson(`frames?after=${after}`, session)) as typeof body;
       } catch (error) {
+        if (this.session !== session) return;
+        if (error instanceof TokenFailure) {
+          this.tokenFailed(session, error);
+          return;
+        }
         if (error instanceof HatchwayError && (FATAL_CODES.has(error.code) || error.code === "unauthorized")) {
           this.fail(session, error, false);
           return;
         }
-        throw error;
+        this.emit("error", asError(error)); // a network error, a timeout: the next round tries again
+        return;
       }
       if (this.session !== session) return;
       const frames = Array.isArray(body.frames) ? (body.frames as Frame[]) : [];
@@ -566,23 +637,95 @@ export class Run {
     }
   }
 
+  /**
+   * A fallback round with no HTTP API to catch up from. The refused connects may be the
+   * token's ($connect checks it, and browsers hide the 401): ask getToken (once a round, and
+   * not for a token the socket just confirmed); without getToken, fail after a few rounds.
+   */
+  private async blindRound(session: Session): Promise<void> {
+    const getToken = this.context.getToken;
+    this.blindRounds += 1;
+    if (!getToken) {
+      if (this.blindRounds >= MAX_BLIND_ROUNDS) {
+        const error = new HatchwayError(
+          "unauthorized",
+          `the WebSocket refused the connection ${this.blindRounds} fallback rounds in a row, likely because ` +
+            `run ${this.runId}'s token expired; give the client getToken (or baseUrl) to let it recover`,
+          { runId: this.runId },
+        );
+        this.fail(session, error, false);
+      }
+      return;
+    }
+    if (this.tokenConfirmed) {
+      this.tokenConfirmed = false; // it served the run on the last connection: doubt it next round
+      return;
+    }
+    let token: string;
+    try {
+      token = await getToken(this.runId);
+    } catch (cause) {
+      if (this.session === session) this.tokenFailed(session, new TokenFailure(this.runId, cause));
+      return;
+    }
+    if (this.session !== session) return;
+    this.tokenFailures = 0;
+    this.useToken(token);
+  }
+
+  /** getToken threw in the fallback: an error event, and the run fails after a few in a row. */
+  private tokenFailed(session: Session, error: TokenFailure): void {
+    if (++this.tokenFailures >= MAX_TOKEN_FAILURES) this.fail(session, error, false);
+    else this.emit("error", error);
+  }
+
+  private useToken(token: string): void {
+    if (token !== this.token) this.tokenConfirmed = false;
+    this.token = token;
+  }
+
+  /** A request's signal: it times out, and it aborts when the session ends. */
+  private requestSignal(session: Session | undefined): AbortSignal {
+    const timeout = AbortSignal.timeout(this.context.requestTimeoutMs);
+    return session ? anySignal([timeout, session.controller.signal]) : timeout;
+  }
+
   /** GET {baseUrl}/runs/{id}/{path} with the run token; one 401 asks getToken and tries again. */
-  private async getJson(path: string): Promise<unknown> {
+  private async getJson(path: string, session: Session | undefined): Promise<unknown> {
     const base = this.context.baseUrl;
     if (!base) throw new HatchwayError("no_base_url", "the client has no baseUrl for the HTTP API", { runId: this.runId });
     const url = `${base.replace(/\/+$/, "")}/runs/${encodeURIComponent(this.runId)}/${path}`;
-    let response = await this.httpGet(url);
-    if (response.status === 401 && this.context.getToken) {
-      this.token = await this.context.getToken(this.runId);
-      response = await this.httpGet(url);
+    let response = await this.httpGet(url, session);
+    const getToken = this.context.getToken;
+    if (response.status === 401 && getToken) {
+      let token: string;
+      try {
+        token = await getToken(this.runId);
+      } catch (cause) {
+        throw new TokenFailure(this.runId, cause);
+      }
+      this.tokenFailures = 0;
+      this.useToken(token);
+      response = await this.httpGet(url, session);
     }
     if (!response.ok) throw await errorFromResponse(response, this.runId);
-    return response.json();
+    try {
+      return await response.json();
+    } catch (cause) {
+      if (!(cause instanceof Error) || (cause.name !== "AbortError" && cause.name !== "TimeoutError")) throw cause;
+      throw new HatchwayError("network_error", `GET ${url}: the body could not be read: ${String(cause)}`, {
+        runId: this.runId,
+        cause,
+      });
+    }
   }
 
-  private async httpGet(url: string): Promise<Response> {
+  private async httpGet(url: string, session: Session | undefined): Promise<Response> {
     try {
-      return await this.context.fetch(url, { headers: { Authorization: `Bearer ${this.token}` } });
+      return await this.context.fetch(url, {
+        headers: { Authorization: `Bearer ${this.token}` },
+        signal: this.requestSignal(session),
+      });
     } catch (cause) {
       throw new HatchwayError("network_error", `GET ${url} failed: ${String(cause)}`, { runId: this.runId, cause });
     }
@@ -609,8 +752,30 @@ export class Run {
   }
 }
 
+/** getToken threw (or rejected): code `unauthorized`, `cause` what it threw. */
+class TokenFailure extends HatchwayError {
+  constructor(runId: string, cause: unknown) {
+    super("unauthorized", `getToken(${runId}) failed: ${String(cause)}`, { runId, cause });
+  }
+}
+
 function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value));
+}
+
+/** AbortSignal.any, or its equivalent where the platform lacks it. */
+function anySignal(signals: AbortSignal[]): AbortSignal {
+  const any = (AbortSignal as { any?: (signals: AbortSignal[]) => AbortSignal }).any;
+  if (typeof any === "function") return any.call(AbortSignal, signals);
+  const controller = new AbortController();
+  for (const signal of signals) {
+    if (signal.aborted) {
+      controller.abort(signal.reason);
+      break;
+    }
+    signal.addEventListener("abort", () => controller.abort(signal.reason), { once: true });
+  }
+  return controller.signal;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -135,6 +135,8 @@ export interface HatchwayClientOptions {
   getToken?: (runId: string) => string | Promise<string>;
   /** Default true: chunks with `url` are fetched and `data` filled in. */
   fetchReferences?: boolean;
+  /** How long one GET the client makes itself (a by-reference payload, /frames) may take, ms (default 30000); a timed-out one is retried. */
+  requestTimeoutMs?: number;
   reconnect?: ReconnectOptions;
   /** For tests: the jitter source (default Math.random). */
   random?: () => number;
@@ -147,6 +149,7 @@ export interface HatchwayClientOptions {
 export interface FollowOptions {
   /** The last seq already processed; default: the stored seq for resumeKey if any, else 0. */
   after?: number;
+  /** Ends this iterator or call alone (it throws/rejects signal.reason); the run unsubscribes once nothing else watches it. */
   signal?: AbortSignal;
   /** Store the last seq under `hatchway:<resumeKey>` while following; removed after the final status. */
   resumeKey?: string;

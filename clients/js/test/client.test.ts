@@ -59,6 +59,31 @@ const completed = (output: unknown = { ok: true }): Omit<WireFrame, "runId" | "s
 });
 const textOf = (frames: Frame[]): string => frames.map((f) => (f.type === "chunk" ? (f.data ?? "") : "")).join("");
 
+/** `promise`, or a rejection after `timeoutMs` (a behaviour that broke fails the test instead of hanging it). */
+async function within<T>(promise: Promise<T>, what: string, timeoutMs = 8_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Resolves once the run has delivered seq `seq`. */
+function reached(run: Run, seq: number): Promise<void> {
+  if (run.lastSeq >= seq) return Promise.resolve();
+  return new Promise((resolve) => {
+    const off = run.on("frame", () => {
+      if (run.lastSeq < seq) return;
+      off();
+      resolve();
+    });
+  });
+}
+
 function states(run: Run): ConnectionState[] {
   const seen: ConnectionState[] = [];
   run.on("connection", (state) => seen.push(state));
@@ -436,7 +461,7 @@ test("8. abort: the iterator throws signal.reason and the run unsubscribes", asy
   assert.equal(run.connection, "closed");
 });
 
-test("8b. abort inside the loop body throws the signal's AbortError", async (t) => {
+test("8b. abort inside the loop body ends that iterator alone: a follow() without a signal goes on", async (t) => {
   const { server, client } = await setup(t);
   const fake = server.addRun("r8b", "t", [chunk("1"), chunk("2"), chunk("3"), completed()]);
   fake.wsUpTo = 3;
@@ -449,8 +474,43 @@ test("8b. abort inside the loop body throws the signal's AbortError", async (t) 
     })(),
     (e: unknown) => e instanceof Error && e.name === "AbortError",
   );
-  await assert.rejects(following, (e: unknown) => e instanceof Error && e.name === "AbortError");
-  await server.waitFor(() => server.messages.some((m) => m.action === "unsubscribe"), "unsubscribe");
+  await within(reached(run, 3), "seq 3");
+  assert.equal(run.connection, "open");
+  server.connections[0]!.send(fake.frames[3]);
+  assert.equal((await within(following, "the follow's final status")).seq, 4);
+  assert.equal(server.messages.filter((m) => m.action === "unsubscribe").length, 0);
+});
+
+test("8c. aborting one of several watchers ends it alone; the run unsubscribes when the last one aborts", async (t) => {
+  const { server, client } = await setup(t);
+  const fake = server.addRun("r8c", "t", [chunk("1"), chunk("2"), chunk("3"), completed()]);
+  fake.wsUpTo = 2; // a live run: nothing after 2 yet
+  const run = client.attach("r8c", "t");
+  const [a, b, c] = [new AbortController(), new AbortController(), new AbortController()];
+  const [reasonA, reasonB, reasonC] = [new Error("a left"), new Error("b left"), new Error("c left")];
+  const seenA: number[] = [];
+  const seenB: number[] = [];
+  const iterA = (async () => {
+    for await (const frame of run.frames({ signal: a.signal })) seenA.push(frame.seq);
+  })();
+  const iterB = (async () => {
+    for await (const frame of run.frames({ signal: b.signal })) seenB.push(frame.seq);
+  })();
+  const text = run.text({ signal: c.signal });
+  await within(reached(run, 2), "seq 2");
+  a.abort(reasonA);
+  await assert.rejects(within(iterA, "iterator a"), (e: unknown) => e === reasonA);
+  c.abort(reasonC);
+  await assert.rejects(within(text, "text()"), (e: unknown) => e === reasonC);
+  assert.equal(server.messages.filter((m) => m.action === "unsubscribe").length, 0, "b still watches");
+  assert.equal(run.connection, "open");
+  b.abort(reasonB);
+  await assert.rejects(within(iterB, "iterator b"), (e: unknown) => e === reasonB);
+  await server.waitFor(() => server.messages.some((m) => m.action === "unsubscribe" && m.runId === "r8c"), "unsubscribe");
+  await server.connections[0]!.closedPromise;
+  assert.deepEqual(seenA, [1, 2]);
+  assert.deepEqual(seenB, [1, 2]);
+  assert.equal(run.connection, "closed");
 });
 
 test("9. resumeKey: starts after the stored seq, stores each seq before its frame is dispatched, removes it at the end", async (t) => {
@@ -551,4 +611,252 @@ test("without a WebSocket implementation the run fails with no_websocket", async
   const original = (globalThis as { WebSocket?: unknown }).WebSocket;
   if (original !== undefined) return; // Node 22+ has one: nothing to test here
   await assert.rejects(client.attach("r", "t").follow(), (e: unknown) => e instanceof HatchwayError && e.code === "no_websocket");
+});
+
+test("11. a resubscribe with a renewed token that the server dropped over the rate is sent again", async (t) => {
+  const { server, client } = await setup(t, { getToken: () => "t2" });
+  const fake = server.addRun("r11", "t1", [chunk("a"), chunk("b"), completed()]);
+  fake.wsUpTo = 1;
+  let n = 0;
+  server.onSubscribe = (conn, message, run) => {
+    n += 1;
+    if (n === 1) {
+      server.serve(conn, message, run);
+      conn.send({ type: "error", code: "unauthorized", runId: "r11", message: "the run token expired" });
+    } else if (n === 2) {
+      conn.send({ type: "error", code: "rate_limited", message: "slow down" }); // the subscribe is dropped
+    } else {
+      fake.wsUpTo = Number.POSITIVE_INFINITY;
+      fake.tokens.add("t2");
+      server.serve(conn, message, run);
+    }
+  };
+  const run = client.attach("r11", "t1");
+  assert.equal(await within(run.text(), "the run's text"), "ab");
+  assert.deepEqual(
+    server.subscribes("r11").map((s) => [s.token, s.after]),
+    [
+      ["t1", 0],
+      ["t2", 1],
+      ["t2", 1],
+    ],
+  );
+  assert.equal(server.connections.length, 1);
+});
+
+test("11b. a resubscribe after an internal error that the server dropped over the rate is sent again", async (t) => {
+  const { server, client } = await setup(t);
+  const fake = server.addRun("r11b", "t", [chunk("a"), chunk("b"), completed()]);
+  fake.wsUpTo = 1;
+  let n = 0;
+  server.onSubscribe = (conn, message, run) => {
+    n += 1;
+    if (n === 1) {
+      server.serve(conn, message, run);
+      conn.send({ type: "error", code: "internal", runId: "r11b", message: "the relay hiccuped" });
+    } else if (n === 2) {
+      conn.send({ type: "error", code: "rate_limited", message: "slow down" });
+    } else {
+      fake.wsUpTo = Number.POSITIVE_INFINITY;
+      server.serve(conn, message, run);
+    }
+  };
+  const run = client.attach("r11b", "t");
+  assert.equal(await within(run.text(), "the run's text"), "ab");
+  assert.deepEqual(
+    server.subscribes("r11b").map((s) => s.after),
+    [0, 1, 1],
+  );
+});
+
+test("12. result({ signal }) joining a follow already running rejects with signal.reason; the follow goes on", async (t) => {
+  const { server, client } = await setup(t);
+  const fake = server.addRun("r12", "t", [chunk("a"), chunk("b"), completed()]);
+  fake.wsUpTo = 1;
+  const run = client.attach("r12", "t");
+  const following = run.follow();
+  await within(reached(run, 1), "seq 1");
+  const controller = new AbortController();
+  const reason = new Error("gave up waiting");
+  const result = run.result({ signal: controller.signal });
+  const text = run.text({ signal: AbortSignal.timeout(50) });
+  controller.abort(reason);
+  await assert.rejects(within(result, "result() to reject"), (e: unknown) => e === reason);
+  await assert.rejects(within(text, "text() to time out"), (e: unknown) => e instanceof Error && e.name === "TimeoutError");
+  assert.equal(run.connection, "open");
+  assert.equal(server.messages.filter((m) => m.action === "unsubscribe").length, 0);
+  server.connections[0]!.send(fake.frames[1]);
+  server.connections[0]!.send(fake.frames[2]);
+  assert.equal((await within(following, "the follow")).status, "COMPLETED");
+  assert.equal(await run.text(), "ab");
+});
+
+test("12b. frames({ after }) joining a follow already running yields only the frames after it", async (t) => {
+  const { server, client } = await setup(t);
+  const fake = server.addRun("r12b", "t", [chunk("1"), chunk("2"), chunk("3"), chunk("4"), completed()]);
+  fake.wsUpTo = 1;
+  const run = client.attach("r12b", "t");
+  run.follow();
+  await within(reached(run, 1), "seq 1");
+  const frames = collect(run.frames({ after: 2 }), 8_000);
+  for (const frame of fake.frames.slice(1)) server.connections[0]!.send(frame);
+  assert.deepEqual(seqs(await frames), [3, 4, 5]);
+});
+
+test("13. attach-only without getToken: a WebSocket refusing every connect fails the run (unauthorized) after 3 fallback rounds", async (t) => {
+  const { server, client } = await setup(t, {
+    baseUrl: undefined,
+    random: () => 1,
+    reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 1 },
+  });
+  server.addRun("r13", "fresh", [chunk("1"), completed()]);
+  server.refuseUpgrade = () => true; // as a browser sees an expired token: the 401 is hidden
+  const run = client.attach("r13", "expired");
+  let fallbacks = 0;
+  run.on("connection", (state) => {
+    if (state === "fallback") fallbacks += 1;
+  });
+  await assert.rejects(within(run.follow(), "the run to fail"), (e: unknown) => {
+    assert.ok(e instanceof HatchwayError);
+    assert.equal(e.code, "unauthorized");
+    assert.match(e.message, /WebSocket refused the connection/);
+    assert.match(e.message, /expired/);
+    assert.match(e.message, /getToken/);
+    assert.match(e.message, /baseUrl/);
+    return true;
+  });
+  assert.equal(fallbacks, 3);
+  assert.equal(server.upgrades.length, 3);
+  assert.equal(run.connection, "closed");
+});
+
+test("13b. attach-only with getToken: a getToken that throws is an error event each round, and 3 in a row fail the run", async (t) => {
+  const boom = new Error("the backend is down");
+  let asked = 0;
+  const { server, client } = await setup(t, {
+    baseUrl: undefined,
+    random: () => 1,
+    reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 1 },
+    getToken: () => {
+      asked += 1;
+      throw boom;
+    },
+  });
+  server.addRun("r13b", "fresh", [chunk("1"), completed()]);
+  server.refuseUpgrade = () => true;
+  const run = client.attach("r13b", "expired");
+  const errors: Error[] = [];
+  run.on("error", (error) => errors.push(error));
+  await assert.rejects(
+    within(run.follow(), "the run to fail"),
+    (e: unknown) => e instanceof HatchwayError && e.code === "unauthorized" && e.cause === boom,
+  );
+  assert.equal(asked, 3);
+  assert.equal(errors.length, 3);
+  assert.ok(errors.every((e) => e instanceof HatchwayError && e.code === "unauthorized" && e.cause === boom));
+});
+
+test("13c. attach-only with getToken: a token the socket confirmed is not renewed in the next fallback round, only in the one after", async (t) => {
+  const asked: string[] = [];
+  const { server, client } = await setup(t, {
+    baseUrl: undefined,
+    random: () => 1,
+    reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 1 },
+    getToken: (runId) => {
+      asked.push(runId);
+      return "fresh";
+    },
+  });
+  const fake = server.addRun("r13c", "good", [chunk("1"), chunk("2"), completed()]);
+  fake.wsUpTo = 1;
+  server.refuseUpgrade = (index, token) => index > 0 && token !== "fresh";
+  const run = client.attach("r13c", "good");
+  const askedAtFallback: number[] = [];
+  run.on("connection", (state) => {
+    if (state === "fallback") askedAtFallback.push(asked.length);
+  });
+  const frames = collect(run.frames(), 8_000);
+  await within(reached(run, 1), "seq 1");
+  fake.tokens.add("fresh");
+  fake.wsUpTo = Number.POSITIVE_INFINITY;
+  server.connections[0]!.drop(); // from now on only the fresh token connects
+  assert.deepEqual(seqs(await frames), [1, 2, 3]);
+  assert.deepEqual(askedAtFallback, [0, 0], "round 1 does not ask for the confirmed token; round 2 does");
+  assert.deepEqual(asked, ["r13c"]);
+  assert.deepEqual(
+    server.upgrades.map((u) => [u.token, u.accepted]),
+    [
+      ["good", true],
+      ["good", false],
+      ["good", false],
+      ["fresh", true],
+    ],
+  );
+  assert.deepEqual(
+    server.subscribes("r13c").map((s) => [s.token, s.after]),
+    [
+      ["good", 0],
+      ["fresh", 1],
+    ],
+  );
+});
+
+test("14. a by-reference fetch that stalls times out (requestTimeoutMs) and is tried again", async (t) => {
+  const { server, client } = await setup(t, { requestTimeoutMs: 500 });
+  server.blob("c2", "BIG");
+  server.blobs.get("c2")!.stall = 1; // the first fetch is never answered
+  server.addRun("r14", "t", [chunk("a "), { type: "chunk", url: server.blobUrl("c2"), size: 3 }, completed()]);
+  const run = client.attach("r14", "t");
+  const frames = await collect(run.frames(), 8_000);
+  assert.equal(textOf(frames), "a BIG");
+  assert.equal(server.stalled, 1);
+  assert.deepEqual(server.blobs.get("c2")!.fetches, [1, 1]);
+});
+
+test("14b. a GET /frames of the fallback that stalls times out, is an error event, and the next round tries again", async (t) => {
+  const { server, client } = await setup(t, {
+    requestTimeoutMs: 500,
+    random: () => 1,
+    reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 1 },
+  });
+  server.addRun("r14b", "t", [chunk("a"), completed()]);
+  server.refuseUpgrade = () => true;
+  server.stallFrames = 1;
+  const run = client.attach("r14b", "t");
+  const errors: Error[] = [];
+  run.on("error", (error) => errors.push(error));
+  const frames = await collect(run.frames(), 8_000);
+  assert.deepEqual(seqs(frames), [1, 2]);
+  assert.equal(server.stalled, 1);
+  const pages = server.requests.filter((r) => r.path.startsWith("/runs/r14b/frames"));
+  assert.deepEqual(
+    pages.map((r) => r.path),
+    ["/runs/r14b/frames?after=0", "/runs/r14b/frames?after=0"],
+  );
+  assert.ok(errors.some((e) => e instanceof HatchwayError && e.code === "network_error"), errors.map(String).join("; "));
+});
+
+test("13d. with baseUrl: a getToken that throws after a 401 from /frames is an error event, and 3 in a row fail the run", async (t) => {
+  const boom = new Error("the backend is down");
+  const { server, client } = await setup(t, {
+    random: () => 1,
+    reconnect: { baseMs: 5, capMs: 20, fallbackAfter: 1 },
+    getToken: () => Promise.reject(boom),
+  });
+  server.addRun("r13d", "fresh", [chunk("1"), completed()]);
+  server.refuseUpgrade = () => true;
+  const run = client.attach("r13d", "expired");
+  const errors: Error[] = [];
+  run.on("error", (error) => errors.push(error));
+  await assert.rejects(
+    within(run.follow(), "the run to fail"),
+    (e: unknown) => e instanceof HatchwayError && e.code === "unauthorized" && e.cause === boom,
+  );
+  assert.equal(errors.length, 3);
+  assert.ok(errors.every((e) => e instanceof HatchwayError && e.cause === boom));
+  const pages = server.requests.filter((r) => r.path.startsWith("/runs/r13d/frames"));
+  assert.deepEqual(
+    pages.map((r) => r.authorization),
+    ["Bearer expired", "Bearer expired", "Bearer expired"],
+  );
 });

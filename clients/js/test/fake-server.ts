@@ -6,7 +6,8 @@
  *   answered with `subscribed` then the run's frames with seq > after (scriptable per test
  *   through onSubscribe), `unsubscribe` with `unsubscribed`, `ping` with `pong`.
  * - HTTP: POST /runs, GET /runs/{id}/frames?after&limit (Bearer run token), and by-reference
- *   payloads at /blob/{name}?v=N that answer 403 for any version but the current one.
+ *   payloads at /blob/{name}?v=N that answer 403 for any version but the current one. A blob's
+ *   `stall` (and `stallFrames` for /frames) leaves that many requests unanswered.
  */
 
 import { EventEmitter } from "node:events";
@@ -85,7 +86,14 @@ export class FakeServer extends EventEmitter {
     headers: http.IncomingHttpHeaders;
     body: string;
   }[] = [];
-  readonly blobs = new Map<string, { body: string; contentType: string; version: number; fetches: number[] }>();
+  readonly blobs = new Map<
+    string,
+    { body: string; contentType: string; version: number; fetches: number[]; stall: number }
+  >();
+  /** The next this-many GET /runs/{id}/frames requests are never answered (a stalled request). */
+  stallFrames = 0;
+  /** Requests left unanswered on purpose (stall, stallFrames). */
+  stalled = 0;
   /** Return true to refuse the upgrade numbered `index` (0-based) with 401. */
   refuseUpgrade: (index: number, token: string | null) => boolean = () => false;
   onSubscribe: SubscribeHandler = (conn, message, run) => this.serve(conn, message, run);
@@ -132,7 +140,7 @@ export class FakeServer extends EventEmitter {
   }
 
   blob(name: string, body: string, contentType = "text/plain; charset=utf-8"): void {
-    this.blobs.set(name, { body, contentType, version: 1, fetches: [] });
+    this.blobs.set(name, { body, contentType, version: 1, fetches: [], stall: 0 });
   }
 
   blobUrl(name: string, version?: number): string {
@@ -250,6 +258,12 @@ export class FakeServer extends EventEmitter {
       const stored = this.blobs.get(blob[1] ?? "");
       if (!stored) return error(404, "not_found", "no such object");
       stored.fetches.push(Number(url.searchParams.get("v")));
+      if (stored.stall > 0) {
+        stored.stall -= 1; // this fetch is never answered
+        this.stalled += 1;
+        this.emit("change");
+        return;
+      }
       if (Number(url.searchParams.get("v")) !== stored.version) {
         res.writeHead(403, { "Content-Type": "application/xml" });
         res.end("<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>");
@@ -288,6 +302,12 @@ export class FakeServer extends EventEmitter {
     }
     const frames = /^\/runs\/([^/]+)\/frames$/.exec(url.pathname);
     if (frames && req.method === "GET") {
+      if (this.stallFrames > 0) {
+        this.stallFrames -= 1; // this request is never answered
+        this.stalled += 1;
+        this.emit("change");
+        return;
+      }
       const run = this.runs.get(decodeURIComponent(frames[1] ?? ""));
       const auth = req.headers.authorization ?? "";
       if (!run) return error(404, "not_found", "no such run");

@@ -187,3 +187,37 @@ test("useHatchwayRun({ run }) follows a Run made by the caller; an error is repo
   assert.deepEqual(state.frames, []);
   idle.unmount();
 });
+
+test("useHatchwayRun({ run }) unmounting ends the hook's watch alone: another watcher keeps the Run followed", async (t) => {
+  const { server, client } = await setup(t);
+  const fake = server.addRun("hook-4", "t4", [
+    { type: "chunk", data: "a" },
+    { type: "chunk", data: "b" },
+    { type: "status", status: "COMPLETED", final: true },
+  ]);
+  fake.wsUpTo = 1;
+  const run = client.attach("hook-4", "t4");
+  // count the hook's listeners going away: its cleanup has run once both are off
+  const on = run.on.bind(run);
+  let listeners = 0;
+  let cleaned!: () => void;
+  const cleanedUp = new Promise<void>((resolve) => (cleaned = resolve));
+  run.on = ((event: never, handler: never) => {
+    listeners += 1;
+    const off = on(event, handler);
+    return () => {
+      off();
+      if (--listeners === 0) cleaned();
+    };
+  }) as typeof run.on;
+  const text = run.text();
+  const view = mount({ run });
+  await view.until((s) => s.frames.length === 1);
+  view.unmount();
+  await cleanedUp;
+  assert.equal(run.connection, "open");
+  server.connections[0]!.send(fake.frames[1]);
+  server.connections[0]!.send(fake.frames[2]);
+  assert.equal(await text, "ab");
+  assert.equal(server.messages.filter((m) => m.action === "unsubscribe").length, 0);
+});
