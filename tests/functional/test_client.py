@@ -514,6 +514,41 @@ async def test_subscribes_dropped_over_the_rate_are_sent_again(fake: FakeHatchwa
     assert subscribes(fake, "r1") == [(0, 0, "token-r1"), (0, 0, "token-r1")]
 
 
+@pytest.mark.parametrize("code", ["unauthorized", "internal"])
+async def test_a_resubscribe_dropped_over_the_rate_is_sent_again(
+    fake: FakeHatchway, code: str
+) -> None:
+    run = fake.add_run("r1", words_log("r1", 4), token="old")
+
+    async def script(connection: int, subscribe: dict[str, Any]) -> None:
+        sent = len(fake.messages("subscribe", "r1"))  # this one included
+        if sent == 1:  # subscribed (confirmed), two frames, then the server ends it
+            await fake.replay(connection, subscribe, upto=2)
+            if code == "unauthorized":
+                run.tokens = set()
+            await fake.send(
+                connection, {"type": "error", "code": code, "runId": "r1", "message": "again"}
+            )
+        elif sent == 2:  # the subscribe again is dropped over the rate
+            await fake.send(
+                connection, {"type": "error", "code": "rate_limited", "message": "slow down"}
+            )
+        else:
+            await fake.replay(connection, subscribe)
+
+    fake.on_subscribe = script
+
+    def get_token(_run_id: str) -> str:
+        run.tokens.add("new")
+        return "new"
+
+    async with client_for(fake, get_token=get_token) as client:
+        frames = await follow(client.attach("r1", "old"))
+    assert seqs(frames) == [1, 2, 3, 4, 5]
+    token = "new" if code == "unauthorized" else "old"
+    assert subscribes(fake, "r1") == [(0, 0, "old"), (0, 2, token), (0, 2, token)]
+
+
 async def test_run_close_ends_the_iteration_and_unsubscribes(fake: FakeHatchway) -> None:
     fake.add_run("r1", [chunk("r1", 1, "first")])  # a run that goes on
     async with client_for(fake) as client:

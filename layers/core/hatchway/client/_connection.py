@@ -71,7 +71,9 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._confirmed: set[str] = set()  # runs the open socket answered `subscribed` for
+        # Runs whose latest subscribe the open socket answered `subscribed` for (the
+        # rate_limited retry sends the others again).
+        self._confirmed: set[str] = set()
         self._rate_retry: asyncio.Task[None] | None = None
 
     # -- runs join and leave -------------------------------------------------------------
@@ -269,6 +271,7 @@ class Connection:
         if not subs:
             logger.info("server error", url=self.url, code=code, detail=message)
             return
+        self._confirmed.discard(str(run_id))  # the server ended or refused its subscription
         for sub in subs:
             self._on_run_error(sub, code, message)
 
@@ -303,6 +306,7 @@ class Connection:
 
     async def _resubscribe_unconfirmed(self) -> None:
         await self.owner.sleep(RATE_LIMIT_RETRY_S)
+        self._rate_retry = None  # a rate_limited from here on is retried again
         ws = self._ws
         if ws is None or ws.closed:
             return  # a reopen subscribes them all
@@ -330,6 +334,7 @@ class Connection:
             "token": sub.run.token,
             "after": sub.received,
         }
+        self._confirmed.discard(sub.run.run_id)  # until this one is answered `subscribed`
         await self._send(ws, message)
 
     async def _unsubscribe(self, run_id: str) -> None:
