@@ -37,6 +37,7 @@ class FakeRun:
     log: list[Frame]
     tokens: set[str]  # the tokens valid now
     http_upto: int | None = None  # /frames serves seqs up to this (None: the whole log)
+    http_frames: dict[int, Frame] = field(default_factory=dict)  # /frames serves these instead
 
 
 @dataclass
@@ -56,6 +57,7 @@ class FakeHatchway:
     frame_requests: list[dict[str, Any]] = field(default_factory=list)  # GET /frames
     downloads: list[tuple[str, str, int]] = field(default_factory=list)  # key, sig, status
     refuse_connects: int = 0  # the next upgrades answered 503
+    break_downloads: int = 0  # the next downloads lose their connection (recorded status 0)
     on_subscribe: OnSubscribe | None = None  # None: replay the log from `after`
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -242,7 +244,7 @@ class FakeHatchway:
         if scheme != "Bearer" or token not in run.tokens:
             return _error(401, "unauthorized", "the run token is not valid")
         frames = [
-            self._presign(f)
+            self._presign(run.http_frames.get(f["seq"], f))
             for f in run.log
             if f["seq"] > after and (run.http_upto is None or f["seq"] <= run.http_upto)
         ][:limit]
@@ -263,6 +265,16 @@ class FakeHatchway:
     async def _blob(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         sig = request.query.get("sig", "")
+        if self.break_downloads > 0:  # the network breaks in the middle of the body
+            self.break_downloads -= 1
+            self.downloads.append((key, sig, 0))
+            self._notify()
+            broken = web.StreamResponse(headers={"Content-Length": "1000"})
+            await broken.prepare(request)
+            await broken.write(b"partial")
+            assert request.transport is not None
+            request.transport.abort()
+            return broken
         ok = key in self.blobs and sig == FRESH
         self.downloads.append((key, sig, 200 if ok else 403))
         self._notify()

@@ -235,6 +235,78 @@ async def test_references_are_left_alone_without_fetch_references(fake: FakeHatc
     assert fake.downloads == [("c", STALE, 403), ("c", FRESH, 200)]
 
 
+async def test_a_by_reference_download_that_breaks_off_is_tried_again_with_a_fresh_url(
+    fake: FakeHatchway,
+) -> None:
+    reference = {"type": "chunk", "runId": "r1", "seq": 1, "size": 3}
+    fake.add_run("r1", [{**reference, "url": fake.blob_url("c", b"abc", FRESH)}, final("r1", 2)])
+    fake.break_downloads = 2  # the network fails twice, then the download goes through
+    delays = Delays()
+    async with client_for(fake, random=lambda: 1.0, backoff_base_s=0.01, sleep=delays) as client:
+        run = client.attach("r1", "token-r1")
+        frames = await follow(run)
+    assert frames[0]["data"] == "abc"
+    assert fake.downloads == [("c", FRESH, 0), ("c", FRESH, 0), ("c", FRESH, 200)]
+    assert [(r["after"], r["limit"]) for r in fake.frame_requests] == [(0, 1), (0, 1)]
+    assert delays.seen == pytest.approx([0.01])  # the second retry waited a backoff
+
+
+async def test_a_by_reference_payload_that_never_comes_fails_with_reference_unavailable(
+    fake: FakeHatchway,
+) -> None:
+    reference = {"type": "chunk", "runId": "r1", "seq": 1, "size": 3}
+    fake.add_run("r1", [{**reference, "url": fake.blob_url("c", b"abc", FRESH)}, final("r1", 2)])
+    fake.break_downloads = 4
+    delays = Delays()
+    async with client_for(fake, random=lambda: 1.0, backoff_base_s=0.01, sleep=delays) as client:
+        run = client.attach("r1", "token-r1")
+        with pytest.raises(HatchwayError) as raised:
+            await follow(run)
+    assert raised.value.code == "reference_unavailable"
+    assert fake.downloads == [("c", FRESH, 0)] * 4
+    assert len(fake.frame_requests) == 3  # a fresh url before each try after the first
+    assert delays.seen == pytest.approx([0.01, 0.02])
+    assert run.history == []  # nothing after the frame it could not fetch either
+
+
+async def test_a_refreshed_frame_that_comes_back_inline_is_used_as_it_is(
+    fake: FakeHatchway,
+) -> None:
+    whole_final = final("r1", 2, output={"big": "o" * 10})
+    log = [
+        {"type": "chunk", "runId": "r1", "seq": 1, "size": 7, "url": fake.blob_url("c", b"?")},
+        {
+            "type": "status",
+            "runId": "r1",
+            "seq": 2,
+            "status": "COMPLETED",
+            "final": True,
+            "size": 99,
+            "url": fake.blob_url("final", b"?"),
+        },
+    ]  # both URLs expired: 403, and /frames answers the frames inline
+    fake.add_run("r1", log).http_frames = {1: chunk("r1", 1, "inline "), 2: whole_final}
+    async with client_for(fake) as client:
+        run = client.attach("r1", "token-r1")
+        frames = await follow(run)
+        result = await run.result()
+    assert frames == [chunk("r1", 1, "inline "), whole_final]
+    assert result == whole_final
+    assert fake.downloads == [("c", STALE, 403), ("final", STALE, 403)]
+
+
+async def test_text_uses_a_refreshed_chunk_that_comes_back_inline(fake: FakeHatchway) -> None:
+    reference = {"type": "chunk", "runId": "r1", "seq": 1, "size": 7}
+    fake.add_run(
+        "r1", [{**reference, "url": fake.blob_url("c", b"?")}, final("r1", 2)]
+    ).http_frames = {1: chunk("r1", 1, "inline")}
+    async with client_for(fake, fetch_references=False) as client:
+        run = client.attach("r1", "token-r1")
+        async with asyncio.timeout(WAIT_S):
+            assert await run.text() == "inline"
+    assert fake.downloads == [("c", STALE, 403)]
+
+
 # -- tokens and refusals ------------------------------------------------------------------------
 
 

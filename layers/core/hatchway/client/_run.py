@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from hatchway.client._connection import Connection, Subscription
+from hatchway.client._connection import FAILING_CODES, Connection, Subscription
 from hatchway.client._http import download
 from hatchway.client._types import (
     FAILED_STATUSES,
@@ -24,7 +24,11 @@ from hatchway.observability import logger
 if TYPE_CHECKING:
     from hatchway.client._client import HatchwayClient
 
-FETCH_ATTEMPTS = 4  # a by-reference payload: a 403 refreshes the URL, a 5xx waits a moment
+# A by-reference payload is tried this many times (as the JS client): the URL as sent,
+# then each time with a URL minted afresh, the later ones after a backoff.
+FETCH_ATTEMPTS = 4
+# A refresh that fails so can never succeed (the frame is no longer retained...).
+FETCH_FATAL_CODES = FAILING_CODES | {"closed"}
 
 
 class Run:
@@ -89,7 +93,11 @@ class Run:
             if frame.get("type") != "chunk":
                 continue
             if "data" not in frame and "url" in frame:
-                parts.append((await self._fetch(frame)).decode())
+                fetched = await self._fetch(frame)
+                if isinstance(fetched, bytes):
+                    parts.append(fetched.decode())
+                else:  # the refreshed frame came inline
+                    parts.append(str(fetched.get("data", "")))
             else:
                 parts.append(str(frame.get("data", "")))
         return "".join(parts)
@@ -254,32 +262,55 @@ class Run:
     async def _resolve(self, frame: Frame, *, fetch_chunks: bool) -> Frame:
         kind = frame.get("type")
         if kind == "chunk" and "url" in frame and "data" not in frame and fetch_chunks:
-            body = await self._fetch(frame)
-            return {**frame, "data": body.decode()}
+            fetched = await self._fetch(frame)
+            if not isinstance(fetched, bytes):
+                return fetched  # the refreshed frame came inline
+            return {**frame, "data": fetched.decode()}
         if kind == "status" and "url" in frame:
-            full = json.loads(await self._fetch(frame))
+            fetched = await self._fetch(frame)
+            if not isinstance(fetched, bytes):
+                return fetched
+            full = json.loads(fetched)
             if not isinstance(full, dict):
                 raise HatchwayError("bad_response", f"status {frame['seq']}: not a frame")
             return full
         return frame
 
-    async def _fetch(self, frame: Frame) -> bytes:
-        """A by-reference payload; an expired URL (403) is refreshed through /frames."""
+    async def _fetch(self, frame: Frame) -> bytes | Frame:
+        """A by-reference payload, or the frame itself when /frames gave it back inline.
+
+        Any failed try (a network error, a stall, an expired URL's 403, a 5xx) is tried
+        again with a URL minted afresh through /frames, after a backoff from the third
+        try on; after FETCH_ATTEMPTS the run fails with ``reference_unavailable``."""
         current = frame
-        status = 0
+        failure = "no try"
+        status: int | None = None
         for attempt in range(FETCH_ATTEMPTS):
-            status, body = await download(await self._client.http(), str(current["url"]))
+            if attempt > 1:
+                await self._client.sleep(self._client.backoff.delay(attempt - 2))
+            if attempt > 0:
+                try:
+                    current = await self.refresh(frame)
+                except HatchwayError as error:
+                    if error.code in FETCH_FATAL_CODES:
+                        raise
+                    failure = f"refreshing its url: {error}"
+                    continue
+            url = current.get("url")
+            if not isinstance(url, str):
+                return current  # the refreshed frame came inline
+            session = await self._client.http()
+            try:
+                status, body = await download(session, url)
+            except HatchwayError as error:  # unavailable: the network, a stalled read
+                status, failure = None, str(error)
+                continue
             if status == 200:
                 return body
-            if status == 403:
-                current = await self.refresh(frame)
-            elif status >= 500:
-                await self._client.sleep(self._client.backoff.delay(attempt))
-            else:
-                break
+            failure = f"GET of its url answered {status}"
         raise HatchwayError(
             "reference_unavailable",
-            f"run {self.run_id} seq {frame['seq']}: GET of its url answered {status}",
+            f"run {self.run_id} seq {frame['seq']}: {failure} ({FETCH_ATTEMPTS} tries)",
             status,
         )
 
