@@ -5,9 +5,9 @@ run with its own token and ``after`` = the highest ``seq`` it received, on every
 (re)open. Frames with ``seq <= after`` are dropped, so each reaches its run once, in
 order. Several Run objects of one run id may follow it through one client: each is a
 subscription of its own and gets every frame; the server is told ``unsubscribe`` when
-the last of them leaves. Drops are retried with full-jitter capped exponential backoff; after
-``fallback_after`` consecutive failed connects every run catches up over
-``GET /runs/{id}/frames`` before the WebSocket is tried again.
+the last of them leaves. Drops are retried with full-jitter capped exponential
+backoff; after ``fallback_after`` consecutive failed connects every run catches up
+over ``GET /runs/{id}/frames`` before the WebSocket is tried again.
 """
 
 from __future__ import annotations
