@@ -1,5 +1,6 @@
-"""Functional fixtures: the Hatchet engine emulator in the test's event loop, and a
-real hatchet-sdk worker (tests/functional/engine_worker.py) in its own process.
+"""Functional fixtures: the Hatchet engine emulator in the test's event loop, a
+real hatchet-sdk worker (tests/functional/engine_worker.py) in its own process, and
+the scripted Hatchway the clients' tests speak to (tests/functional/fake_hatchway.py).
 
 One emulator and one worker serve the whole session (a worker takes ~2 s to
 start); tests that change the emulator itself (restarts, faults) make their own.
@@ -22,6 +23,7 @@ from hatchet_sdk.contracts import dispatcher_pb2, dispatcher_pb2_grpc
 
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.conftest import REPO_ROOT, stop_process_group
+from tests.functional.fake_hatchway import FakeHatchway
 
 WORKER_MODULE = "tests.functional.engine_worker"
 
@@ -110,3 +112,13 @@ async def raw_events(emulator: HatchetEmulator) -> AsyncIterator[RawEvents]:
     raw = RawEvents(emulator)
     yield raw
     await raw.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake() -> AsyncIterator[FakeHatchway]:
+    """A scripted Hatchway (HTTP API and WebSocket) on 127.0.0.1, for the clients' tests."""
+    server = await FakeHatchway().start()
+    try:
+        yield server
+    finally:
+        await server.close()

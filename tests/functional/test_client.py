@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from hatchway.client import (
     ConnectionState,
@@ -26,15 +24,6 @@ from tests.functional.fake_hatchway import FRESH, STALE, FakeHatchway, Received,
 pytestmark = pytest.mark.functional
 
 WAIT_S = 20  # a bound, not a measure
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fake() -> AsyncIterator[FakeHatchway]:
-    server = await FakeHatchway().start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 class Delays:

@@ -3,25 +3,14 @@ on stdout as they arrive, the rest on stderr, exit 0 / 1 / 2."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from hatchway_local.cli import _run_watch, build_parser
 from tests.functional.fake_hatchway import FakeHatchway, chunk, final
 
 pytestmark = pytest.mark.functional
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fake() -> AsyncIterator[FakeHatchway]:
-    server = await FakeHatchway().start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 async def watch(*argv: str) -> int:
