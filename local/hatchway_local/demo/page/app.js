@@ -47,8 +47,16 @@ function load() {
   }
 }
 
+let unsaved = false;
 function save() {
-  sessionStorage.setItem(STORE_KEY, JSON.stringify([...views.values()].map((v) => v.state)));
+  try {
+    sessionStorage.setItem(STORE_KEY, JSON.stringify([...views.values()].map((v) => v.state)));
+  } catch (error) {
+    // Over the storage quota (a few MB: big chunks add up): the runs go on streaming,
+    // only a reload would no longer bring them back. Said once.
+    if (!unsaved) console.warn(`the page's runs no longer fit in sessionStorage: ${error}`);
+    unsaved = true;
+  }
 }
 
 function formatBytes(size) {
