@@ -432,12 +432,18 @@ def test_only_connect_is_authorized_by_the_token_authorizer() -> None:
             assert "AuthorizerId" not in properties
 
 
-def test_deployment_depends_on_every_route_and_the_stage_is_a_parameter() -> None:
-    deployment = RESOURCES["WebSocketDeployment"]
-    assert set(deployment["DependsOn"]) == set(of_type("AWS::ApiGatewayV2::Route"))
-    stage = props("WebSocketStage")
+def test_the_stage_deploys_itself_and_is_named_by_a_parameter() -> None:
+    """AutoDeploy: a route or integration change reaches the stage without a hand-renamed
+    AWS::ApiGatewayV2::Deployment (a snapshot CloudFormation never re-takes)."""
+    assert of_type("AWS::ApiGatewayV2::Deployment") == {}
+    (stage_id,) = of_type("AWS::ApiGatewayV2::Stage")
+    assert stage_id == "WebSocketStage"
+    stage = props(stage_id)
+    assert stage["AutoDeploy"] is True
+    assert "DeploymentId" not in stage  # API Gateway owns the deployments
+    assert "DependsOn" not in RESOURCES[stage_id]
+    assert stage["ApiId"] == {"Ref": "WebSocketApi"}
     assert stage["StageName"] == {"Ref": "StageName"}
-    assert stage["DeploymentId"] == {"Ref": "WebSocketDeployment"}
     assert PARAMETERS["StageName"]["Default"] == "prod"
 
 
