@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install js browser dev test test-js lint format emulator lock lock-layers clean bench bench-relay faults check-template lock-sam
+.PHONY: help install js browser dev test test-js lint format emulator lock lock-layers clean bench bench-relay faults check-template lock-sam deploy delete
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -137,3 +137,17 @@ lock-sam: ## re-resolve constraints-sam.txt (aws-sam-cli) in a scratch venv
 	  echo "# differ from the project's. Regenerate with 'make lock-sam'."; \
 	  .lock-sam-venv/bin/python -m pip freeze; } > constraints-sam.txt
 	rm -rf .lock-sam-venv
+
+# --- Deploy and delete (docs/operations.md): scripts/deploy.py -------------------------
+# With the SAM venv's Python (boto3 comes with aws-sam-cli) and its sam. Not $(SAM_ENV):
+# its region default (us-east-1) would hide samconfig's and the AWS profile's region.
+# Settings from the environment or the command line: STACK_NAME, AWS_REGION,
+# PARAMETER_OVERRIDES, RELAY_DESIRED_COUNT, RELAY_IMAGE_TAG, CONFIRM_CHANGESET, DRY_RUN.
+DEPLOY_ENV = PATH="$$(dirname "$$(scripts/find-python312.sh)"):$$PATH" SAM_CLI_TELEMETRY=0 \
+             SAM="$(SAM_VENV)/bin/sam"
+
+deploy: $(SAM_STAMP) ## build and push the relay image, sam build and sam deploy, print the URLs (DRY_RUN=1: only print the commands)
+	@$(DEPLOY_ENV) $(SAM_VENV)/bin/python scripts/deploy.py deploy
+
+delete: $(SAM_STAMP) ## empty the relay repository and the payload bucket, then sam delete (DRY_RUN=1: only print the commands)
+	@$(DEPLOY_ENV) $(SAM_VENV)/bin/python scripts/deploy.py delete
