@@ -1,4 +1,12 @@
-"""The SQS adapter for the run queue: the trigger enqueues each run; relays take them."""
+"""The SQS adapter for the run queue: the trigger enqueues each run; relays take them.
+
+A run's message is received again only when its holder failed (it crashed, its log
+stayed down, a duplicate met a live lease): each such receive counts towards the
+queue's ``maxReceiveCount`` and the dead-letter queue. A deliberate give-back (a
+SIGTERM handover) re-sends the run instead (``resend``), as a new message with a
+receive count of zero, so a run that lives through any number of deploys keeps its
+whole budget for failures.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,15 @@ from typing import Any
 
 import boto3
 
+from .observability import logger
+
 
 @dataclass(frozen=True)
 class QueuedRun:
     run_id: str
     receipt_handle: str
-    receive_count: int
+    receive_count: int  # ApproximateReceiveCount: 1 on a first receive
+    body: str = ""  # the message as sent, for a re-send
 
 
 class RunQueue:
@@ -42,7 +53,7 @@ class RunQueue:
                 self.delete(message["ReceiptHandle"])  # not ours to handle: drop it
                 continue
             count = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
-            runs.append(QueuedRun(run_id, message["ReceiptHandle"], count))
+            runs.append(QueuedRun(run_id, message["ReceiptHandle"], count, message["Body"]))
         return runs
 
     def extend(self, receipt_handle: str, visibility_s: int) -> None:
@@ -67,8 +78,25 @@ class RunQueue:
         return failed
 
     def release(self, receipt_handle: str) -> None:
-        """Make the message visible again at once: another relay takes the run."""
+        """Make the message visible again at once: another relay takes the run. The
+        next receive counts towards the dead-letter queue: for failures only."""
         self.extend(receipt_handle, 0)
+
+    def resend(self, message: QueuedRun) -> None:
+        """Give the run back without spending its delivery budget: the same body as
+        a new message (receive count zero), then the old one deleted. In that order,
+        so the run is never without a message; if the delete fails, the run has two
+        for a while, which relays treat as any duplicate (the lease decides)."""
+        body = message.body or json.dumps({"runId": message.run_id})
+        self._client.send_message(QueueUrl=self.queue_url, MessageBody=body)
+        try:
+            self.delete(message.receipt_handle)
+        except Exception as error:  # noqa: BLE001 - the new message carries the run already
+            logger.warning(
+                "deleting a re-sent run's old message failed; it comes back as a duplicate",
+                run_id=message.run_id,
+                error=str(error),
+            )
 
     def delete(self, receipt_handle: str) -> None:
         self._client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)

@@ -15,6 +15,7 @@ docs/design.md ("Environment contract").
 | trigger | :class:`TriggerSettings` (with :class:`HatchetSettings`) |
 | relay | :class:`RelaySettings` (with :class:`HatchetSettings`) |
 | a Hatchet worker's ``put_file`` | :class:`WorkerSettings` |
+| ``hatchway-relay --health`` | :class:`RelayHealthSettings` |
 """
 
 from __future__ import annotations
@@ -213,7 +214,20 @@ class TriggerSettings(TableSettings, TokenKeySettings, PayloadSettings):
         return tuple(o.strip() for o in self.cors_allow_origins.split(",") if o.strip())
 
 
-class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings):
+class RelayHealthSettings(_Env):
+    """The relay's heartbeat file, written by the relay and read by ``hatchway-relay
+    --health`` (a container HealthCheck, which must not need the relay's other settings)."""
+
+    health_file: str = Field(
+        default="/tmp/hatchway-relay-heartbeat",  # noqa: S108 - the task's own /tmp volume
+        min_length=1,
+        alias="RELAY_HEALTH_FILE",
+    )
+    # Touched this often while the relay's loop is healthy; stale after three times it.
+    health_interval_seconds: float = Field(default=5.0, gt=0, alias="RELAY_HEALTH_SECONDS")
+
+
+class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings, RelayHealthSettings):
     run_queue_url: str = Field(min_length=1, alias="RUN_QUEUE_URL")
     relay_id: str = Field(default="", alias="RELAY_ID")  # default: host name and pid
     lease_seconds: float = Field(default=30.0, gt=0, alias="RELAY_LEASE_SECONDS")

@@ -1,5 +1,8 @@
 """The relay process (``hatchway-relay``, the image's command): settings from the
-environment, validated at start; runs until SIGTERM or SIGINT."""
+environment, validated at start; runs until SIGTERM or SIGINT.
+
+``hatchway-relay --health`` is the container's health check instead: it exits 0
+when the running relay's heartbeat is fresh, 1 otherwise (``relay/health.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from hatchway.observability import logger
 from hatchway.run_queue import RunQueue
 from hatchway.settings import RelaySettings, SettingsError, load
 
+from . import health
 from .management_api import AsyncConnections
 from .service import Relay
 
@@ -47,7 +51,9 @@ def _say_ready() -> None:
     sys.stdout.flush()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    if "--health" in (sys.argv[1:] if argv is None else argv):
+        return health.main()
     try:
         settings = load(RelaySettings)
     except SettingsError as error:

@@ -6,12 +6,17 @@
 - keeps its SQS messages invisible (heartbeat) and its leases fresh while it
   follows their runs; deletes a run's message once its final frame is logged;
 - finds new subscribers to all its runs with one query per tick (GSI by owner);
-- on SIGTERM hands its runs over without a gap: it offers each run and makes its
-  message visible again; another relay takes the message, subscribes to the run's
+- on SIGTERM hands its runs over without a gap: it offers each run and re-sends
+  its message (a new message: a handover spends none of the run's receives, which
+  are for failures); another relay takes the message, subscribes to the run's
   Hatchet events, then claims the run; only then does the stopping relay log what
   it holds and pass the lease, and the successor drops what was logged already by
   each task's ``event_index``. A run nobody claims in time is released (the next
-  relay marks a gap). All well inside ECS's 120 s stop timeout.
+  relay marks a gap). All well inside ECS's 120 s stop timeout;
+- never holds more than ``RELAY_MAX_RUNS``: it asks the queue for no more runs
+  than it has room for (counting the takeovers under way) and stops receiving when full;
+- touches a heartbeat file while its loops are healthy (``relay/health.py``), for
+  the container's health check.
 
 Blocking AWS calls run in a thread pool; the event loop only schedules.
 """
@@ -37,11 +42,14 @@ from hatchway.settings import RelaySettings
 from hatchway.store import RunRecord, Store, Subscription
 
 from .fanout import ConnectionSender, DeliveryStats, ManagementApi
+from .health import touch
 from .run_follower import RunFollower, lease_deadline
 
 SENDER_SWEEP_S = 1.0  # how often idle senders are looked for (not every poll tick)
 SUBSCRIPTION_OVERLAP_MS = 5_000  # re-read this far back: writers' clocks and commits lag
 HANDOVER_POLL_S = 0.1  # how often both sides of a handover look at the run
+FULL_POLL_S = 0.5  # how often a relay at RELAY_MAX_RUNS looks for room again
+UNHEALTHY_FAILURES = 3  # a loop that failed this often in a row: no heartbeat
 
 
 @dataclass
@@ -82,6 +90,11 @@ class Relay:
         self._successors: dict[str, asyncio.Task[None]] = {}
         self._seen: dict[tuple[str, str, int, bool], float] = {}
         self._since_ms = int(time.time() * 1000) - SUBSCRIPTION_OVERLAP_MS
+        # Messages received by a long poll still running when the relay stopped, or
+        # by a takeover cancelled by the stop: given back (re-sent) before it exits.
+        self._orphan_poll: asyncio.Future[list[QueuedRun]] | None = None
+        self._abandoned: list[QueuedRun] = []
+        self.loop_failures: dict[str, int] = {}  # consecutive failures per loop
 
     async def _io(self, function: Any, *args: Any) -> Any:  # noqa: ANN401
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -90,11 +103,13 @@ class Relay:
 
     async def run(self) -> None:
         logger.info("relay started", owner=self.owner)
-        receiving = asyncio.create_task(_supervised("receive", self._receive_loop))
+        failures = self.loop_failures
+        receiving = asyncio.create_task(_supervised("receive", self._receive_loop, failures))
         # Leases stay fresh and subscribers keep arriving while runs are handed over.
         keeping = [
-            asyncio.create_task(_supervised("subscriptions", self._subscription_loop)),
-            asyncio.create_task(_supervised("heartbeat", self._heartbeat_loop)),
+            asyncio.create_task(_supervised("subscriptions", self._subscription_loop, failures)),
+            asyncio.create_task(_supervised("heartbeat", self._heartbeat_loop, failures)),
+            asyncio.create_task(_supervised("health", self._health_loop, failures)),
         ]
         await self._stopping.wait()
         started = time.monotonic()
@@ -102,7 +117,7 @@ class Relay:
         for successor in list(self._successors.values()):
             successor.cancel()
         await asyncio.gather(receiving, *self._successors.values(), return_exceptions=True)
-        await self._hand_over_all()
+        await asyncio.gather(self._hand_over_all(), self._give_back_strays())
         for task in keeping:
             task.cancel()
         await asyncio.gather(*keeping, return_exceptions=True)
@@ -124,13 +139,45 @@ class Relay:
             if isinstance(result, BaseException):
                 logger.warning("handover failed", run_id=run.follower.run_id, error=str(result))
 
+    async def _give_back(self, message: QueuedRun) -> None:
+        """Hand a run's message back on purpose (not a failure): re-sent as a new
+        message, so the give-back spends none of the run's receives before the DLQ.
+        If even the send fails, released (one receive spent), never lost."""
+        try:
+            await self._io(self._queue.resend, message)
+        except Exception as error:  # noqa: BLE001 - released instead: it costs a receive
+            logger.warning(
+                "re-sending a run's message failed; releasing it",
+                run_id=message.run_id,
+                error=str(error),
+            )
+            await self._io(self._queue.release, message.receipt_handle)
+
+    async def _give_back_strays(self) -> None:
+        """Messages this relay received but will never follow, now that it stops: a
+        long poll that was still out when it stopped (it may even hold a run just
+        re-sent for a handover) and takeovers the stop cancelled."""
+        strays, self._abandoned = self._abandoned, []
+        if self._orphan_poll is not None:
+            try:
+                strays += await asyncio.wait_for(
+                    self._orphan_poll, self.settings.queue_wait_seconds + 5
+                )
+            except Exception as error:  # noqa: BLE001 - they come back when their visibility ends
+                logger.warning("a receive out at the stop failed", error=str(error))
+        for message in strays:
+            try:
+                await self._give_back(message)
+            except Exception as error:  # noqa: BLE001 - it comes back when its visibility ends
+                logger.warning("giving a run back failed", run_id=message.run_id, error=str(error))
+
     async def _hand_over(self, held: HeldRun) -> None:
         """Offer the run; pass it to the first relay that claims it, else release it."""
         follower = held.follower
         run_id = follower.run_id
         offered = await self._io(self._store.offer_handover, run_id, self.owner)
         held.handing_over = True
-        await self._io(self._queue.release, held.message.receipt_handle)
+        await self._give_back(held.message)  # a new message: the successor receives it
         deadline = time.monotonic() + self.settings.handover_seconds
         while offered and not follower.finished.is_set() and time.monotonic() < deadline:
             run = await self._io(self._store.get_run, run_id)
@@ -167,19 +214,30 @@ class Relay:
 
     # -- taking runs -------------------------------------------------------------------
 
+    @property
+    def room(self) -> int:
+        """How many more runs this relay may take: RELAY_MAX_RUNS less those it
+        follows and those it is taking over (each becomes a run it follows)."""
+        return self.settings.max_runs - len(self.runs) - len(self._successors)
+
     async def _receive_loop(self) -> None:
         while not self._stopping.is_set():
-            room = self.settings.max_runs - len(self.runs)
-            if room <= 0:
-                await asyncio.sleep(0.5)
+            room = self.room
+            if room <= 0:  # full: the queue keeps the runs for relays with room
+                await asyncio.sleep(FULL_POLL_S)
                 continue
+            poll = asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                self._queue.receive,
+                room,  # at most this many (and ten, SQS's limit)
+                self.settings.queue_wait_seconds,
+                self.settings.visibility_seconds,
+            )
             try:
-                messages = await self._io(
-                    self._queue.receive,
-                    room,
-                    self.settings.queue_wait_seconds,
-                    self.settings.visibility_seconds,
-                )
+                messages = await asyncio.shield(poll)
+            except asyncio.CancelledError:
+                self._orphan_poll = poll  # what it brings back is given back at the stop
+                raise
             except Exception as error:  # noqa: BLE001 - keep polling through transient errors
                 logger.warning("queue receive failed", error=str(error))
                 await asyncio.sleep(1.0)
@@ -252,7 +310,20 @@ class Relay:
         )
         task = asyncio.create_task(self._follow(follower, events))
         self.runs[run.run_id] = HeldRun(follower, message, task)
-        logger.info("following run", run_id=run.run_id, last_seq=run.last_seq)
+        logger.info(
+            "following run",
+            run_id=run.run_id,
+            last_seq=run.last_seq,
+            receive_count=message.receive_count,
+        )
+        if message.receive_count > 1:
+            # Only failures spend receives (a handover re-sends): this run's holder
+            # failed before. Five and the run goes to the dead-letter queue.
+            logger.warning(
+                "run received again after a failure",
+                run_id=run.run_id,
+                receive_count=message.receive_count,
+            )
 
     async def _succeed(self, message: QueuedRun) -> None:
         """Take over a run its holder offers: subscribe to its Hatchet events first,
@@ -289,6 +360,7 @@ class Relay:
             run = None
         except BaseException:
             pump.cancel()
+            self._abandoned.append(message)  # the relay stops: given back, not left hidden
             raise
         if run is None or run.final:
             pump.cancel()
@@ -395,6 +467,32 @@ class Relay:
                 "messages not extended (deleted or handed over meanwhile)", count=len(failed)
             )
 
+    # -- health ------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """No loop keeps failing (the event loop itself runs: this is asked on it)."""
+        return all(n < UNHEALTHY_FAILURES for n in self.loop_failures.values())
+
+    async def _health_loop(self) -> None:
+        """The heartbeat a container health check reads (``hatchway-relay --health``):
+        touched from the event loop, so a blocked loop or one whose loops keep
+        failing goes stale, and ECS replaces the task."""
+        while True:
+            await self._health_beat()
+            await asyncio.sleep(self.settings.health_interval_seconds)
+
+    async def _health_beat(self) -> bool:
+        """Touch the heartbeat if the relay is healthy; whether it did."""
+        if not self.healthy:
+            return False
+        try:
+            await self._io(touch, self.settings.health_file)
+        except OSError as error:
+            logger.warning("the heartbeat file cannot be written", error=str(error))
+            return False
+        return True
+
     # -- subscribers -------------------------------------------------------------------
 
     async def _subscription_loop(self) -> None:
@@ -496,18 +594,29 @@ class Relay:
 SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
-async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+SUPERVISOR_HEALED_S = 60.0  # a loop that ran this long before failing starts a new count
+
+
+async def _supervised(
+    name: str, loop: Callable[[], Awaitable[None]], failures: dict[str, int] | None = None
+) -> None:
     """Run one of the relay's background loops; if it ever raises, log it and start
     it again (with backoff): a loop that died unseen would stop the relay taking runs,
-    keeping leases or finding subscribers while it looked alive."""
-    failures = 0
+    keeping leases or finding subscribers while it looked alive. ``failures`` counts
+    each loop's failures in a row (the health check reads it)."""
+    counts = failures if failures is not None else {}
+    counts[name] = 0
     while True:
+        started = time.monotonic()
         try:
             await loop()
         except Exception:  # noqa: BLE001 - logged and restarted, never lost
-            logger.exception("relay loop failed; restarting it", loop=name, failures=failures)
-            await asyncio.sleep(SUPERVISOR_BACKOFF_S[min(failures, len(SUPERVISOR_BACKOFF_S) - 1)])
-            failures += 1
+            if time.monotonic() - started >= SUPERVISOR_HEALED_S:
+                counts[name] = 0
+            failed = counts[name]
+            logger.exception("relay loop failed; restarting it", loop=name, failures=failed)
+            counts[name] = failed + 1
+            await asyncio.sleep(SUPERVISOR_BACKOFF_S[min(failed, len(SUPERVISOR_BACKOFF_S) - 1)])
         else:
             return
 
