@@ -26,6 +26,9 @@ from hatchway_local.packaging import (
 from tests.conftest import REPO_ROOT
 
 RUNTIME = REPO_ROOT / "layers" / "core"
+# The dead-letter queue's consumer: checked here until hatchway_local.packaging lists it
+# (with its template entry); it needs CoreLayer and TriggerLayer (grpcio, for Hatchet).
+DLQ_CONSUMER = "dlq_consumer"
 
 
 def loaded(modules: list[str], name: str) -> bool:
@@ -57,6 +60,13 @@ def test_the_trigger_starts_runs_without_hatchet_sdk() -> None:
         assert not loaded(cold.modules, heavy), f"the trigger imports {heavy}"
     assert loaded(cold.modules, "grpc")
     assert loaded(cold.modules, "fastapi")
+
+
+def test_the_dlq_consumer_reaches_hatchet_over_grpc_without_the_sdk_or_fastapi() -> None:
+    cold = import_function(REPO_ROOT / "functions" / DLQ_CONSUMER, [RUNTIME], isolated=False)
+    for heavy in ("hatchet_sdk", "fastapi", "starlette", *LOCAL_TOOLING, "hatchway.client"):
+        assert not loaded(cold.modules, heavy), f"the DLQ consumer imports {heavy}"
+    assert loaded(cold.modules, "grpc")
 
 
 def test_the_runtime_package_never_imports_local_tooling_or_the_sdk() -> None:
@@ -147,6 +157,8 @@ def test_the_layer_closure_covers_what_the_runtime_declares() -> None:
         ("ws_connect", "TABLE_NAME"),
         ("ws_subscribe", "PAYLOAD_BUCKET"),
         ("ws_ping", "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"),
+        (DLQ_CONSUMER, "HATCHET_CLIENT_TOKEN"),
+        (DLQ_CONSUMER, "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"),
     ],
 )
 def test_a_function_without_a_required_variable_fails_at_import_naming_it(
@@ -183,4 +195,5 @@ def test_the_relay_without_its_queue_stops_at_start_naming_it() -> None:
 
 
 def test_every_function_is_checked() -> None:
-    assert sorted(FUNCTIONS) == sorted(p.name for p in (REPO_ROOT / "functions").iterdir())
+    checked = (*FUNCTIONS, DLQ_CONSUMER)
+    assert sorted(checked) == sorted(p.name for p in (REPO_ROOT / "functions").iterdir())

@@ -15,6 +15,7 @@ docs/design.md ("Environment contract").
 | trigger | :class:`TriggerSettings` (with :class:`HatchetSettings`) |
 | relay | :class:`RelaySettings` (with :class:`HatchetSettings`) |
 | a Hatchet worker's ``put_file`` | :class:`WorkerSettings` |
+| the dead-letter consumer | :class:`DeadLetterSettings` (with :class:`HatchetSettings`) |
 | ``hatchway-relay --health`` | :class:`RelayHealthSettings` |
 """
 
@@ -260,6 +261,18 @@ class RelaySettings(TableSettings, PayloadSettings, ManagementApiSettings, Relay
         default=16 * 1024 * 1024, ge=64 * 1024, alias="RELAY_SEND_QUEUE_BYTES"
     )
     send_stall_seconds: float = Field(default=120.0, gt=0, alias="RELAY_SEND_STALL_SECONDS")
+    hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
+
+
+class DeadLetterSettings(TableSettings, PayloadSettings, ManagementApiSettings):
+    """The consumer of the run queue's dead-letter queue: it ends each run there
+    honestly (a gap and the final status from Hatchet) and tells its subscribers."""
+
+    # The lease it holds on a run while it writes the run's end (seconds).
+    lease_seconds: float = Field(default=30.0, gt=0, le=300, alias="DLQ_LEASE_SECONDS")
+    # Hatchet unreachable: the message is left for a retry this many receives, then
+    # the run is ended FAILED all the same (the DLQ has no queue behind it).
+    hatchet_attempts: int = Field(default=5, ge=1, alias="DLQ_HATCHET_ATTEMPTS")
     hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
 
