@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -51,9 +52,9 @@ async def test_the_python_client_streams_demo_stream_whole_across_a_forced_disco
                 if len(frames) == DROP_AFTER:
                     now = set((await control(stack, "GET", "/connections"))["connections"])
                     (ours,) = now - before
-                    dropped = await control(
-                        stack, "POST", f"/connections/{ours}/disconnect", {"code": 1001}
-                    )
+                    # Connection ids are base64: "/" and "+" are quoted in the path.
+                    path = f"/connections/{quote(ours, safe='')}/disconnect"
+                    dropped = await control(stack, "POST", path, {"code": 1001})
                     assert dropped == {"ok": True}
         text = await run.text()
         final = await run.result()
