@@ -134,7 +134,7 @@ def consumer(
         status_of,
         posts or Posts(),  # type: ignore[arg-type]
         Payloads(),  # type: ignore[arg-type]
-        hatchet_attempts=3,
+        give_up_receive_count=3,
     )
     dead.asked = asked  # type: ignore[attr-defined]
     return dead

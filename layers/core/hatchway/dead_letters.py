@@ -101,14 +101,14 @@ class DeadLetters:
         payloads: Payloads,
         *,
         lease_s: float = 30.0,
-        hatchet_attempts: int = 5,
+        give_up_receive_count: int = 10,
     ) -> None:
         self._store = store
         self._status_of = status_of
         self._connections = connections
         self._payloads = payloads
         self._lease_s = lease_s
-        self._hatchet_attempts = hatchet_attempts
+        self._give_up_receive_count = give_up_receive_count
 
     # -- one dead letter ---------------------------------------------------------------
 
@@ -183,7 +183,7 @@ class DeadLetters:
         try:
             status = self._status_of(run_id)
         except UpstreamUnavailableError as error:
-            if receive_count < self._hatchet_attempts:
+            if receive_count < self._give_up_receive_count:
                 raise HatchetUnavailableError(f"run {run_id}: {error}") from error
             logger.warning("hatchet unavailable; ending the run anyway", run_id=run_id)
             return Ending("FAILED", error=f"{GAVE_UP}, and Hatchet could not be asked"), "UNKNOWN"
@@ -332,7 +332,7 @@ def handler() -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
         Connections(settings.management_api_url),
         wiring.payloads(settings),
         lease_s=settings.lease_seconds,
-        hatchet_attempts=settings.hatchet_attempts,
+        give_up_receive_count=settings.give_up_receive_count,
     )
 
     @logger.inject_lambda_context

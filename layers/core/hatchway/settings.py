@@ -270,9 +270,11 @@ class DeadLetterSettings(TableSettings, PayloadSettings, ManagementApiSettings):
 
     # The lease it holds on a run while it writes the run's end (seconds).
     lease_seconds: float = Field(default=30.0, gt=0, le=300, alias="DLQ_LEASE_SECONDS")
-    # Hatchet unreachable: the message is left for a retry this many receives, then
-    # the run is ended FAILED all the same (the DLQ has no queue behind it).
-    hatchet_attempts: int = Field(default=5, ge=1, alias="DLQ_HATCHET_ATTEMPTS")
+    # Hatchet unreachable: the message is left for a retry until its receive count
+    # reaches this, then the run is ended FAILED all the same (the DLQ has no queue
+    # behind it). The count is the message's ApproximateReceiveCount, which may go on
+    # from the run queue's five: ten leaves five tries here (more if it starts over).
+    give_up_receive_count: int = Field(default=10, ge=1, alias="DLQ_GIVE_UP_RECEIVE_COUNT")
     hatchet: HatchetSettings = Field(default_factory=lambda: load(HatchetSettings))
 
 
