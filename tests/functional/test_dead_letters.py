@@ -123,6 +123,13 @@ async def test_a_dead_lettered_run_ends_with_a_gap_and_its_status_and_its_subscr
         await client.send(json.dumps({"action": "subscribe", "runId": run_id, "token": token}))
         subscribed = json.loads(await client.recv())
         assert (subscribed["type"], subscribed["status"]) == ("subscribed", "RUNNING")
+
+        # `subscribed` is posted before the subscription is stored: wait for the item.
+        async def stored() -> None:
+            while not store.subscriptions_of_run(run_id):  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(stored(), 10)
         (subscription,) = store.subscriptions_of_run(run_id)
         assert subscription.after == 0
 
@@ -162,6 +169,14 @@ async def test_a_dead_lettered_run_ends_with_a_gap_and_its_status_and_its_subscr
         ]
         assert [r.levelname for r in ended] == ["ERROR"]  # what an alarm keys on
         frames = await asyncio.wait_for(frames_until_final(client), 30)
+
+    # The client is gone: its $disconnect runs before the test's end (not in teardown).
+    async def disconnected() -> None:
+        while not any(i.function == "WsDisconnectFunction" for i in stack.gateway.invocations):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(disconnected(), 10)
+    await stack.gateway.idle()
 
     gap = {
         "type": "gap",

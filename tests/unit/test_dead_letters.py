@@ -274,3 +274,34 @@ def test_a_gone_subscriber_is_dropped_and_a_tombstone_forgotten() -> None:
     assert dead.end(RUN) is Outcome.ENDED
     assert table.dropped == ["gone"]
     assert "left" not in table.subscriptions
+
+
+def test_a_subscriber_that_cannot_be_told_is_told_on_the_retry_with_nothing_appended_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hatchway import dead_letters  # noqa: PLC0415
+    from hatchway.connections import UnavailableError  # noqa: PLC0415
+
+    monkeypatch.setattr(dead_letters.time, "sleep", lambda _s: None)  # the post backoff
+
+    class Down(Posts):
+        down = True
+
+        def post(self, connection_id: str, data: str) -> None:
+            if self.down:
+                raise UnavailableError(connection_id)
+            super().post(connection_id, data)
+
+    table = Table(record())
+    subscribe(table, "c1")
+    posts = Down()
+    dead = consumer(table, RunStatus("COMPLETED", True, {}, None), posts)
+    assert handle_batch(dead, event(RUN)) == {"batchItemFailures": [{"itemIdentifier": f"m-{RUN}"}]}
+    assert table.run.status == "COMPLETED"  # ended all the same
+    assert "c1" in table.subscriptions  # kept for the retry
+
+    posts.down = False
+    assert handle_batch(dead, event(RUN, receive_count=2)) == {"batchItemFailures": []}
+    assert len(table.appended) == 1  # nothing appended the second time
+    assert [f["type"] for f in posts.frames_to("c1")] == ["gap", "status"]
+    assert table.subscriptions == {}

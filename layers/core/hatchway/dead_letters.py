@@ -42,7 +42,12 @@ import grpc
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from . import wiring
-from .connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
+from .connections import (
+    Connections,
+    StaleConnectionError,
+    ThrottledError,
+    UnavailableError,
+)
 from .hatchet_adapter import HatchetEvents, RunStatus, UpstreamUnavailableError
 from .observability import logger
 from .payloads import Payloads
@@ -77,6 +82,11 @@ class RunHeldError(Exception):
 
 class HatchetUnavailableError(Exception):
     """Hatchet could not be asked, and the message has tries left: try again later."""
+
+
+class SubscribersUnreachableError(Exception):
+    """Some subscribers could not be told the run's end (the run is ended): the
+    message is retried, and the retry tells those whose subscriptions are left."""
 
 
 class Outcome(StrEnum):
@@ -114,14 +124,18 @@ class DeadLetters:
 
     def end(self, run_id: str, receive_count: int = 1) -> Outcome:
         """End the run honestly (see the module). Raises RunHeldError while a live
-        relay holds it and HatchetUnavailableError while Hatchet cannot be asked
-        (with tries left): the message is then left for a retry."""
+        relay holds it, HatchetUnavailableError while Hatchet cannot be asked and
+        SubscribersUnreachableError while some subscriber could not be told (with
+        tries left): the message is then left for a retry."""
         run = self._store.get_run(run_id)
         if run is None:
             logger.warning("dead-lettered run unknown; dropping it", run_id=run_id)
             return Outcome.UNKNOWN
         if run.final:
+            # Over (perhaps by a try of ours whose posts failed): nothing is appended,
+            # but the subscriptions still left are told, so none of them hangs.
             logger.warning("dead-lettered run is over already", run_id=run_id, status=run.status)
+            self._tell_subscribers(run_id, receive_count)
             return Outcome.ALREADY_FINAL
         owner = f"dlq-{uuid.uuid4().hex[:12]}"
         taken = self._store.acquire_lease(run_id, owner, self._lease_s)
@@ -132,7 +146,7 @@ class DeadLetters:
         except BaseException:
             self._release(run_id, owner)
             raise
-        self._tell_subscribers(run_id)
+        self._tell_subscribers(run_id, receive_count)
         return outcome
 
     def _end_held(self, run: RunRecord, owner: str, receive_count: int) -> Outcome:
@@ -212,21 +226,27 @@ class DeadLetters:
 
     # -- the run's subscribers ---------------------------------------------------------
 
-    def _tell_subscribers(self, run_id: str) -> None:
+    def _tell_subscribers(self, run_id: str, receive_count: int) -> None:
         """The log from each subscription's ``after`` (so at least the gap and the
         end) to every subscriber of the run: no relay holds it any more. META is
         final before the subscriptions are read, so a subscribe meanwhile either
-        finds the run over (and replays it itself) or is found here."""
+        finds the run over (and replays it itself) or is found here. A subscriber
+        told is forgotten; one that could not be told keeps its subscription for
+        the retry (until the give-up count)."""
+        untold = 0
         for subscription in self._store.subscriptions_of_run(run_id):
             try:
                 self._tell(subscription)
             except Exception as error:  # noqa: BLE001 - one subscriber must not stop the others
+                untold += 1
                 logger.warning(
                     "could not tell a subscriber the run's end",
                     run_id=run_id,
                     connection_id=subscription.connection_id,
                     error=str(error),
                 )
+        if untold and receive_count < self._give_up_receive_count:
+            raise SubscribersUnreachableError(f"run {run_id}: {untold} subscriber(s) not told")
 
     def _tell(self, subscription: Subscription) -> None:
         run_id, connection_id = subscription.run_id, subscription.connection_id
@@ -251,17 +271,10 @@ class DeadLetters:
                 while frames := self._store.read_frames(run_id, after, REPLAY_PAGE):
                     self._post(connection_id, self._payloads.presign(frames))
                     after = int(frames[-1]["seq"])
-        except StaleConnectionError:
+        except StaleConnectionError:  # gone: exactly that connection is forgotten
             self._store.drop_connection(connection_id)
             return
-        except DeliveryError as error:
-            logger.warning(
-                "could not post a run's end",
-                run_id=run_id,
-                connection_id=connection_id,
-                error=str(error),
-            )
-        self._store.delete_subscription(run_id, connection_id)  # the run is over
+        self._store.delete_subscription(run_id, connection_id)  # told: the run is over
 
     def _post(self, connection_id: str, frames: list[Frame]) -> None:
         for message in pack_messages(frames):
@@ -269,7 +282,7 @@ class DeadLetters:
                 try:
                     self._connections.post(connection_id, message)
                     break
-                except ThrottledError:
+                except (ThrottledError, UnavailableError):
                     if attempt == POST_ATTEMPTS - 1:
                         raise
                     time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
@@ -299,7 +312,7 @@ def handle_batch(dead_letters: DeadLetters, event: dict[str, Any]) -> dict[str, 
         receive_count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", 1))
         try:
             dead_letters.end(run_id, receive_count)
-        except (RunHeldError, HatchetUnavailableError) as error:
+        except (RunHeldError, HatchetUnavailableError, SubscribersUnreachableError) as error:
             logger.warning("dead letter left for a retry", run_id=run_id, reason=str(error))
             failures.append({"itemIdentifier": message_id})
         except Exception:  # noqa: BLE001 - this record is retried; the others go on
