@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,10 @@ class LocalStack:
             **self.hatchet_settings,
             "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": self.gateway.management_url,
             "RELAY_ID": relay_id,
+            # One heartbeat file per relay (the image's default is one path per task).
+            "RELAY_HEALTH_FILE": str(
+                Path(tempfile.gettempdir()) / f"hatchway-{relay_id}-{os.getpid()}.heartbeat"
+            ),
             "RELAY_QUEUE_WAIT_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
             **self.relay_env,

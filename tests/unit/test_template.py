@@ -32,7 +32,11 @@ FUNCTIONS = {
     "WsUnsubscribeFunction": "ws_unsubscribe",
     "WsPingFunction": "ws_ping",
     "WsDefaultFunction": "ws_default",
+    "DlqConsumerFunction": "dlq_consumer",
 }
+# The functions that speak Hatchet's gRPC API (TriggerLayer, the Hatchet token); the
+# others are the WebSocket API's.
+HATCHET_FUNCTIONS = {"TriggerFunction", "DlqConsumerFunction"}
 ROUTES = {
     "$connect": "WsConnectFunction",
     "$disconnect": "WsDisconnectFunction",
@@ -42,6 +46,7 @@ ROUTES = {
     "$default": "WsDefaultFunction",
 }
 POSTING_FUNCTIONS = {
+    "DlqConsumerFunction",  # tells a dead-lettered run's subscribers its end
     "WsSubscribeFunction",
     "WsUnsubscribeFunction",
     "WsPingFunction",
@@ -198,7 +203,9 @@ def test_trigger_serves_the_http_api() -> None:
         ],
         key=str,
     )
-    assert not any("Events" in props(f) for f in FUNCTIONS if f != "TriggerFunction")
+    # The only other function with an event: the DLQ consumer, on its queue.
+    with_events = {f for f in FUNCTIONS if "Events" in props(f)}
+    assert with_events == {"TriggerFunction", "DlqConsumerFunction"}
 
 
 def test_trigger_environment() -> None:
@@ -218,12 +225,16 @@ def test_trigger_environment() -> None:
 def test_token_key_only_where_tokens_are_minted_or_checked() -> None:
     with_key = {f for f in FUNCTIONS if "TOKEN_SECRET_ARN" in function_env(f)}
     assert with_key == {"TriggerFunction", "WsAuthorizerFunction", "WsSubscribeFunction"}
-    assert set(grants("secretsmanager:GetSecretValue")) == with_key | {"RelayExecutionRole"}
+    assert set(grants("secretsmanager:GetSecretValue")) == with_key | {
+        "RelayExecutionRole",
+        "DlqConsumerFunction",  # the Hatchet token only: it asks Hatchet how the run ended
+    }
     hatchet_token = {"Ref": "HatchetTokenSecretArn"}
     run_token_key = {"Ref": "TokenSigningSecret"}
     for holder, found in grants("secretsmanager:GetSecretValue").items():
         expected = {
             "RelayExecutionRole": [hatchet_token],  # ECS injects it at the task's start
+            "DlqConsumerFunction": [hatchet_token],
             "TriggerFunction": [run_token_key, hatchet_token],
         }.get(holder, [run_token_key])
         assert [s["Resource"] for s in found] == expected, holder
@@ -239,7 +250,7 @@ def test_the_hatchet_token_is_in_no_environment() -> None:
         assert "resolve:secretsmanager" not in json.dumps(env), holder
     assert "resolve:secretsmanager" not in TEMPLATE_PATH.read_text("utf-8")
     with_arn = {f for f, env in environments.items() if "HATCHET_CLIENT_TOKEN_SECRET_ARN" in env}
-    assert with_arn == {"TriggerFunction"}
+    assert with_arn == HATCHET_FUNCTIONS
 
 
 # -- who may call what (docs/security.md) ----------------------------------------------
@@ -450,7 +461,8 @@ def test_the_stage_deploys_itself_and_is_named_by_a_parameter() -> None:
 def test_one_invoke_permission_per_websocket_function() -> None:
     permissions = of_type("AWS::Lambda::Permission")
     invoked = [props(p)["FunctionName"]["Ref"] for p in permissions]
-    assert sorted(invoked) == sorted(f for f in FUNCTIONS if f != "TriggerFunction")
+    # The trigger is invoked through its HttpApi events, the DLQ consumer by its queue.
+    assert sorted(invoked) == sorted(f for f in FUNCTIONS if f not in HATCHET_FUNCTIONS)
     for permission_id in permissions:
         properties = props(permission_id)
         assert properties["Action"] == "lambda:InvokeFunction"
@@ -508,12 +520,34 @@ def test_no_wildcard_actions_and_no_open_resources() -> None:
             assert actions(statement) == ["ecr:GetAuthorizationToken"], holder
 
 
+def test_the_dlq_consumer_reads_only_the_dead_letter_queue_and_reports_each_record() -> None:
+    """It ends dead-lettered runs: its SQS rights are on the DLQ alone (never the run
+    queue), a run a live relay holds comes back alone (partial batch responses), and
+    the queue hides a record at least as long as the function may take."""
+    sqs = grants("sqs:ReceiveMessage")["DlqConsumerFunction"]
+    assert [s["Resource"] for s in sqs] == [{"Fn::GetAtt": ["RunDeadLetterQueue", "Arn"]}]
+    assert "DlqConsumerFunction" not in grants("sqs:SendMessage")
+    (event,) = props("DlqConsumerFunction")["Events"].values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["RunDeadLetterQueue", "Arn"]}
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["Properties"]["BatchSize"] == 1
+    timeout = props("DlqConsumerFunction").get("Timeout", GLOBAL_FUNCTION["Timeout"])
+    assert props("RunDeadLetterQueue")["VisibilityTimeout"] >= timeout
+    # gRPC to Hatchet, as the trigger: the trigger's layer too.
+    assert props("DlqConsumerFunction")["Layers"] == [{"Ref": "TriggerLayer"}]
+    assert function_env("DlqConsumerFunction")["HATCHET_CLIENT_TOKEN_SECRET_ARN"] == {
+        "Ref": "HatchetTokenSecretArn"
+    }
+
+
 def test_queue_and_table_access_is_role_specific() -> None:
     assert set(grants("sqs:SendMessage")) == {"TriggerFunction"}
-    assert set(grants("sqs:ReceiveMessage")) == {"RelayTaskRole"}
-    assert set(grants("sqs:DeleteMessage")) == {"RelayTaskRole"}
+    assert set(grants("sqs:ReceiveMessage")) == {"RelayTaskRole", "DlqConsumerFunction"}
+    assert set(grants("sqs:DeleteMessage")) == {"RelayTaskRole", "DlqConsumerFunction"}
     assert "WsAuthorizerFunction" not in grants("dynamodb:GetItem")
-    assert set(grants("s3:PutObject")) == {"RelayTaskRole", "PayloadWriterPolicy"}
+    writers = {"RelayTaskRole", "PayloadWriterPolicy", "DlqConsumerFunction"}
+    assert set(grants("s3:PutObject")) == writers
     relay_sqs = {a for s in grants("sqs:ReceiveMessage")["RelayTaskRole"] for a in actions(s)}
     assert relay_sqs == {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
 
@@ -617,7 +651,8 @@ RUN_OBJECTS = {"Fn::Sub": "${PayloadBucket.Arn}/runs/*"}
 
 def test_only_the_relay_and_workers_write_payloads() -> None:
     writers = grants("s3:PutObject")
-    assert set(writers) == {"RelayTaskRole", "PayloadWriterPolicy"}
+    # The DLQ consumer logs a run's final status, offloaded when huge, as the relay does.
+    assert set(writers) == {"RelayTaskRole", "PayloadWriterPolicy", "DlqConsumerFunction"}
     assert all(s["Resource"] == RUN_OBJECTS for found in writers.values() for s in found)
     (worker,) = writers["PayloadWriterPolicy"]
     assert set(actions(worker)) == {"s3:PutObject", "s3:AbortMultipartUpload"}
@@ -628,15 +663,16 @@ def test_who_mints_payload_urls_may_read_them_and_knows_the_bucket() -> None:
     # A presigned GET works only if its signer may GetObject: the relay (live frames),
     # the subscribe function (replays) and the trigger (GET /runs/{id}/frames).
     readers = grants("s3:GetObject")
-    assert set(readers) == {"RelayTaskRole", "WsSubscribeFunction", "TriggerFunction"}
+    minters = {"WsSubscribeFunction", "TriggerFunction", "DlqConsumerFunction"}
+    assert set(readers) == {"RelayTaskRole", *minters}
     assert all(s["Resource"] == RUN_OBJECTS for found in readers.values() for s in found)
-    for function in ("WsSubscribeFunction", "TriggerFunction"):
+    for function in minters:
         assert function_env(function)["PAYLOAD_BUCKET"] == {"Ref": "PayloadBucket"}
         assert function_env(function)["PAYLOAD_URL_TTL_SECONDS"] == {"Ref": "PayloadUrlTtlSeconds"}
     assert relay_environment()["PAYLOAD_URL_TTL_SECONDS"] == {"Ref": "PayloadUrlTtlSeconds"}
     assert PARAMETERS["PayloadUrlTtlSeconds"]["Default"] == 900
     with_bucket = {f for f in FUNCTIONS if "PAYLOAD_BUCKET" in function_env(f)}
-    assert with_bucket == {"WsSubscribeFunction", "TriggerFunction"}
+    assert with_bucket == minters
 
 
 def test_payload_bucket_refuses_plain_http() -> None:
@@ -807,9 +843,10 @@ def test_the_websocket_functions_get_only_the_core_layer_and_the_trigger_adds_it
         assert RESOURCES[layer]["Metadata"]["BuildMethod"] == "makefile"  # build_layer.py
         assert RESOURCES[layer]["Properties"]["ContentUri"] == "layers/core/"
     assert GLOBAL_FUNCTION["Layers"] == [{"Ref": "CoreLayer"}]
-    assert RESOURCES["TriggerFunction"]["Properties"]["Layers"] == [{"Ref": "TriggerLayer"}]
     for name in FUNCTIONS:
-        if name != "TriggerFunction":
+        if name in HATCHET_FUNCTIONS:
+            assert RESOURCES[name]["Properties"]["Layers"] == [{"Ref": "TriggerLayer"}], name
+        else:
             assert "Layers" not in RESOURCES[name]["Properties"], name
     # SAM adds a function's Layers to the global ones; the emulator does the same.
     functions = TemplateReader(TEMPLATE_PATH).api().functions
