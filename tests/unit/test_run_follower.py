@@ -142,7 +142,7 @@ class FakeSender:
     def __init__(self) -> None:
         self.sent: list[Frame] = []
 
-    def send(self, frames: list[Frame]) -> None:
+    def send(self, frames: list[Frame], received_at: float | None = None) -> None:  # noqa: ARG002
         self.sent.extend(frames)
 
     async def wait_for_room(self) -> None:

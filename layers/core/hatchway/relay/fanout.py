@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
+from hatchway import metrics as m
 from hatchway.connections import (
     DeliveryError,
     StaleConnectionError,
@@ -79,9 +81,14 @@ class ConnectionSender:
     max_queued_bytes: int = MAX_QUEUED_BYTES
     stall_s: float = STALL_S
     interval_s: float = 0.0  # at most one message per window while busy
+    metrics: m.RelayMetrics | None = None  # the relay's counters (posts, 410s, 429s, lag)
+    # Told of each batch posted: its frames, messages and 32 KB message units (a run's cost).
+    on_posted: Callable[[list[Frame], int, int], None] | None = None
     _last_post: float = float("-inf")
     stats: DeliveryStats = field(default_factory=DeliveryStats)
-    _queue: asyncio.Queue[tuple[list[Frame], int]] = field(default_factory=asyncio.Queue)
+    _queue: asyncio.Queue[tuple[list[Frame], int, float | None]] = field(
+        default_factory=asyncio.Queue
+    )
     _task: asyncio.Task[None] | None = None
     _shedding: asyncio.Task[None] | None = None
     queued_bytes: int = 0  # about what waits in the queue (data plus a frame's overhead)
@@ -91,11 +98,13 @@ class ConnectionSender:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def send(self, frames: list[Frame]) -> None:
+    def send(self, frames: list[Frame], received_at: float | None = None) -> None:
+        """``received_at``: when the oldest frame's Hatchet event was received
+        (monotonic), for the delivery lag; None for a backlog."""
         if not frames or self.closed:
             return
         size = estimate_bytes(frames)
-        self._queue.put_nowait((frames, size))
+        self._queue.put_nowait((frames, size, received_at))
         self.queued_bytes += size
         if self.queued_bytes > self.max_queued_bytes:
             self._shed(f"{self.queued_bytes} bytes were waiting for it")
@@ -164,12 +173,17 @@ class ConnectionSender:
         self.queued_bytes = 0
         self._room.set()
 
-    def _take(self, entry: tuple[list[Frame], int]) -> list[Frame]:
-        frames, size = entry
+    def _take(self, entry: tuple[list[Frame], int, float | None]) -> list[Frame]:
+        frames, size, received_at = entry
         self.queued_bytes -= size
         if self.queued_bytes <= self.max_queued_bytes // 2:
             self._room.set()
+        oldest = self._received_at
+        if received_at is not None and (oldest is None or received_at < oldest):
+            self._received_at = received_at  # the oldest in the batch
         return frames
+
+    _received_at: float | None = None
 
     async def wait_for_room(self) -> None:
         """Until at most half the bound waits (or the sender closed): a backlog is
@@ -209,11 +223,21 @@ class ConnectionSender:
                     if not await self._post(loop, message):
                         return
                 self.stats.frames += len(frames)
+                self._posted(frames, messages)
             except Exception:  # noqa: BLE001 - a bug must not silence this connection unseen
                 logger.exception("sending failed", connection_id=self.connection_id)
                 self.stats.failed += 1
             finally:
                 self._busy = False
+                self._received_at = None
+
+    def _posted(self, frames: list[Frame], messages: list[str]) -> None:
+        received_at, self._received_at = self._received_at, None
+        if self.metrics is not None and received_at is not None:
+            self.metrics.lag((time.monotonic() - received_at) * 1000)
+        if self.on_posted is not None:
+            units = sum(m.message_units(len(message.encode())) for message in messages)
+            self.on_posted(frames, len(messages), units)
 
     async def _presign(
         self, loop: asyncio.AbstractEventLoop, frames: list[Frame]
@@ -246,11 +270,13 @@ class ConnectionSender:
                 await self.connections.post(self.connection_id, message)
             except StaleConnectionError:
                 self.stats.gone += 1
+                self._count(m.POSTS_410)
                 await self._gone()
                 return False
             except (ThrottledError, UnavailableError) as error:  # retried as it is: in order
                 if isinstance(error, ThrottledError):
                     self.stats.throttled += 1
+                    self._count(m.POSTS_429)
                 else:
                     self.stats.unavailable += 1
                 delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311
@@ -266,7 +292,12 @@ class ConnectionSender:
                 return True  # not retryable (413/403): skip this message, keep the connection
             self.stats.posts += 1
             self.stats.bytes += len(message.encode())
+            self._count(m.POSTS)
             return True
+
+    def _count(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.add(name)
 
     async def _gone(self) -> None:
         self.closed = True

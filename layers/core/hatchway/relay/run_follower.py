@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from hatchway import metrics as m
 from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
 from hatchway.payloads import (
@@ -98,8 +99,10 @@ class RunFollower:
         log_commit_bytes: int = 64 * 1024,
         seq_block: int = 256,
         log_retry_s: float = 60.0,
+        metrics: m.RelayMetrics | None = None,
     ) -> None:
         self.run_id = run.run_id
+        self.metrics = metrics or m.RelayMetrics()
         self._payloads = payloads  # S3 for large frames
         self.owner = owner
         self._store = store
@@ -138,7 +141,15 @@ class RunFollower:
         self.finished = asyncio.Event()
         self.lease_lost = False
         self.handing_over = False
+        # What this run cost here (its "run finished" line): messages are counted
+        # by the relay as its senders post them (``messages``, ``message_units``).
         self.log_writes = 0
+        self.chunks = 0
+        self.bytes_logged = 0
+        self.write_units = 0
+        self.messages = 0
+        self.message_units = 0
+        self._emitted_at: dict[int, float] = {}  # seq -> when sequenced (monotonic)
 
     def lease_renewed(self, until: float) -> None:
         """The heartbeat renewed the lease: frames held because it was about to
@@ -265,6 +276,7 @@ class RunFollower:
                     )
                 )
             self._indexes[event.resource_id] = index
+        self.chunks += 1
         self._emit(stream_frame(chunk_frame(self.run_id, self._next_seq, event.payload)))
         if index is not None:  # logged with the item that holds this chunk's seq
             self._index_marks.append((self._next_seq - 1, event.resource_id, index))
@@ -327,6 +339,9 @@ class RunFollower:
             else:
                 self._emit(gap_frame(self.run_id, self._next_seq, SKIPPED_REASON, skipped))
                 frame["seq"] = self._next_seq
+        if frame["type"] == "gap":
+            self.metrics.add(m.GAPS)
+        self._emitted_at[self._next_seq] = time.monotonic()
         self._next_seq += 1
         self._pending.append(frame)
         self._release()
@@ -339,6 +354,7 @@ class RunFollower:
         if self._preparing is not None or self.lease_lost:
             return
         ready: list[Frame] = []
+        received_at: float | None = None
         while self._pending and time.monotonic() < self.lease_until:
             frame = self._pending[0]
             if int(frame["seq"]) > self._reserved:
@@ -347,9 +363,12 @@ class RunFollower:
             if self._payloads.needs_offload(frame):
                 self._preparing = self._background(self._offload(), "_preparing")
                 break
-            ready.append(self._pending.pop(0))
+            ready.append(frame := self._pending.pop(0))
+            at = self._emitted_at.pop(int(frame["seq"]), None)
+            if received_at is None:
+                received_at = at
         if ready:
-            self._publish(ready)
+            self._publish(ready, received_at)
 
     def _background(self, work: Any, slot: str) -> asyncio.Task[None]:  # noqa: ANN401 - a coroutine
         """``work`` as a task held in ``slot``; when it is done, sending goes on."""
@@ -394,9 +413,11 @@ class RunFollower:
             raise LeaseLostError(f"run {self.run_id}: lease lost")
         self._reserved = reserved
 
-    def _publish(self, frames: list[Frame]) -> None:
+    def _publish(self, frames: list[Frame], received_at: float | None = None) -> None:
+        """``received_at``: when the oldest of ``frames`` was sequenced (its Hatchet
+        event received), for the delivery lag measured at its post."""
         for subscriber in list(self.subscribers.values()):
-            self._deliver(subscriber, frames)
+            self._deliver(subscriber, frames, received_at)
         self._unlogged.extend(frames)
         self._unlogged_bytes += estimate_bytes(frames)
         if self._reserved - int(frames[-1]["seq"]) < self._seq_block // 2:
@@ -435,6 +456,8 @@ class RunFollower:
             self._following.cancel()
 
     def _lost_lease(self) -> None:
+        if not self.lease_lost:
+            self.metrics.add(m.LEASE_LOSSES)
         logger.warning("lease lost; another relay writes this run now", run_id=self.run_id)
         self.lease_lost = True
         self.finished.set()
@@ -474,6 +497,13 @@ class RunFollower:
                     self._lost_lease()
                     return
                 self.log_writes += 1
+                size = estimate_bytes(batch)
+                self.bytes_logged += size
+                self.write_units += m.write_units(size)
+                metrics = self.metrics
+                metrics.add(m.LOG_WRITES)
+                metrics.add(m.FRAMES_LOGGED, len(batch))
+                metrics.add(m.BYTES_LOGGED, size)
                 self.logged_seq = last
                 self._logged_indexes = indexes
                 self._index_marks = [m for m in self._index_marks if m[0] > last]
@@ -542,13 +572,17 @@ class RunFollower:
                 )
                 await asyncio.sleep(min(delay, remaining))
 
-    def _deliver(self, subscriber: Subscriber, frames: list[Frame]) -> None:
+    def _deliver(
+        self, subscriber: Subscriber, frames: list[Frame], received_at: float | None = None
+    ) -> None:
         if not subscriber.live:
             subscriber.held.extend(frames)
             return
-        self._hand(subscriber, frames)
+        self._hand(subscriber, frames, received_at)
 
-    def _hand(self, subscriber: Subscriber, frames: list[Frame]) -> None:
+    def _hand(
+        self, subscriber: Subscriber, frames: list[Frame], received_at: float | None = None
+    ) -> None:
         """Frames past the subscriber's cursor to its sender (unless its token expired)."""
         if subscriber.token_expires_at and time.time() >= subscriber.token_expires_at:
             self._expire(subscriber)
@@ -556,7 +590,8 @@ class RunFollower:
         fresh = [f for f in frames if int(f["seq"]) > subscriber.cursor]
         if fresh:
             subscriber.cursor = int(fresh[-1]["seq"])
-            self._sender_for(subscriber.connection_id).send(fresh)
+            # received_at None: a backlog or held frames, no live lag to measure
+            self._sender_for(subscriber.connection_id).send(fresh, received_at=received_at)
 
     # -- subscribers -------------------------------------------------------------------
 

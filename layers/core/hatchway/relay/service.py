@@ -34,9 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from hatchway import metrics as m
 from hatchway.hatchet_adapter import HatchetEvent, HatchetEvents
 from hatchway.observability import logger
 from hatchway.payloads import Payloads
+from hatchway.protocol import Frame
 from hatchway.run_queue import QueuedRun, RunQueue
 from hatchway.settings import RelaySettings
 from hatchway.store import RunRecord, Store, Subscription
@@ -70,8 +72,12 @@ class Relay:
         connections: ManagementApi,
         hatchet: HatchetEvents,
         payloads: Payloads,
+        metrics: m.RelayMetrics | None = None,
     ) -> None:
         self.settings = settings
+        # Counted in memory, printed as EMF every metrics_flush_s and at the stop.
+        self.metrics = metrics or m.RelayMetrics()
+        self.metrics_flush_s = m.FLUSH_S
         self._payloads = payloads
         self.owner = (
             settings.relay_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -84,6 +90,7 @@ class Relay:
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay-io")
         self.runs: dict[str, HeldRun] = {}
         self.senders: dict[str, ConnectionSender] = {}
+        self._finishing: dict[str, RunFollower] = {}  # finished, its last posts counted
         self._swept_at = float("-inf")
         self.delivered = DeliveryStats()
         self._stopping = asyncio.Event()
@@ -104,12 +111,18 @@ class Relay:
     async def run(self) -> None:
         logger.info("relay started", owner=self.owner)
         failures = self.loop_failures
-        receiving = asyncio.create_task(_supervised("receive", self._receive_loop, failures))
+        metrics = self.metrics
+        receiving = asyncio.create_task(
+            _supervised("receive", self._receive_loop, failures, metrics)
+        )
         # Leases stay fresh and subscribers keep arriving while runs are handed over.
         keeping = [
-            asyncio.create_task(_supervised("subscriptions", self._subscription_loop, failures)),
-            asyncio.create_task(_supervised("heartbeat", self._heartbeat_loop, failures)),
-            asyncio.create_task(_supervised("health", self._health_loop, failures)),
+            asyncio.create_task(
+                _supervised("subscriptions", self._subscription_loop, failures, metrics)
+            ),
+            asyncio.create_task(_supervised("heartbeat", self._heartbeat_loop, failures, metrics)),
+            asyncio.create_task(_supervised("health", self._health_loop, failures, metrics)),
+            asyncio.create_task(_supervised("metrics", self._metrics_loop, failures, metrics)),
         ]
         await self._stopping.wait()
         started = time.monotonic()
@@ -122,12 +135,26 @@ class Relay:
             task.cancel()
         await asyncio.gather(*keeping, return_exceptions=True)
         await self._close_senders()
+        stop_seconds = time.monotonic() - started
         logger.info(
             "relay stopped",
             owner=self.owner,
-            stop_seconds=round(time.monotonic() - started, 3),
+            stop_seconds=round(stop_seconds, 3),
             **self.delivered.__dict__,
         )
+        metrics.handover_seconds = stop_seconds
+        self._flush_metrics()
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_flush_s)
+            self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        try:
+            self.metrics.flush()
+        except Exception as error:  # noqa: BLE001 - metrics must never stop the relay
+            logger.warning("printing metrics failed", error=str(error))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -189,6 +216,7 @@ class Relay:
                 )
                 held.task.cancel()
                 await asyncio.gather(held.task, return_exceptions=True)
+                self.metrics.add(m.RUNS_HANDED_OVER)
                 logger.info(
                     "run handed over",
                     run_id=run_id,
@@ -202,6 +230,7 @@ class Relay:
         await asyncio.gather(held.task, return_exceptions=True)
         if not follower.final:
             await follower.hand_over()
+            self.metrics.add(m.RUNS_HANDED_OVER)
             logger.info("run released without a successor", run_id=run_id)
 
     async def _close_senders(self) -> None:
@@ -307,7 +336,9 @@ class Relay:
             log_commit_bytes=self.settings.log_commit_bytes,
             seq_block=self.settings.seq_block,
             log_retry_s=self.settings.log_retry_seconds,
+            metrics=self.metrics,
         )
+        self.metrics.add(m.RUNS_TAKEN)
         task = asyncio.create_task(self._follow(follower, events))
         self.runs[run.run_id] = HeldRun(follower, message, task)
         logger.info(
@@ -378,6 +409,7 @@ class Relay:
         try:
             await follower.follow(events)
         except Exception:  # noqa: BLE001 - one run's failure must not stop the relay
+            self.metrics.add(m.RELAY_ERRORS)
             logger.exception("following a run failed; handing it back", run_id=follower.run_id)
             with contextlib.suppress(Exception):
                 await follower.hand_over()
@@ -406,13 +438,21 @@ class Relay:
                     run_id=follower.run_id,
                     error=str(error),
                 )
-            logger.info(
-                "run finished",
-                run_id=follower.run_id,
-                status=follower.status,
-                last_seq=follower.logged_seq,
-                log_writes=follower.log_writes,
-            )
+            self.metrics.add(m.RUNS_FINISHED)
+            # Its last frames' posts, counted to it, before its line says what it cost.
+            senders = [self.senders.get(c) for c in follower.subscribers]
+            self._finishing[follower.run_id] = follower
+            try:
+                await asyncio.gather(
+                    *(
+                        s.drain(self.settings.coalesce_ms / 1000 + 2.0)
+                        for s in senders
+                        if s is not None
+                    )
+                )
+            finally:
+                self._finishing.pop(follower.run_id, None)
+            logger.info("run finished", **run_finished_fields(follower))
 
     # -- keeping runs ------------------------------------------------------------------
 
@@ -426,6 +466,7 @@ class Relay:
         """Renew every live run's lease at once (not one after another: a slow table
         must not let the last leases lapse), then keep their messages invisible, ten
         to an SQS call. Runs that finished meanwhile are left alone."""
+        self.metrics.gauge_active_runs(len(self.runs))
         held = [h for h in self.runs.values() if not h.follower.finished.is_set()]
         lease_s = self.settings.lease_seconds
         started = time.monotonic()
@@ -446,6 +487,8 @@ class Relay:
                 keep.append(run)
             elif not run.handing_over and self.runs.get(run_id) is run:
                 logger.warning("lease taken by another relay", run_id=run_id)
+                if not run.follower.lease_lost:
+                    self.metrics.add(m.LEASE_LOSSES)
                 run.follower.lease_lost = True
                 run.task.cancel()
                 self.runs.pop(run_id, None)
@@ -573,10 +616,22 @@ class Relay:
                 max_queued_bytes=self.settings.send_queue_bytes,
                 stall_s=self.settings.send_stall_seconds,
                 interval_s=self.settings.coalesce_ms / 1000,
+                metrics=self.metrics,
+                on_posted=self._posted,
             )
             sender.start()
             self.senders[connection_id] = sender
         return sender
+
+    def _posted(self, frames: list[Frame], messages: int, units: int) -> None:
+        """A sender posted ``frames`` in ``messages``: counted to each run they carry
+        (a message holding frames of several runs counts for each)."""
+        for run_id in {frame.get("runId") for frame in frames}:
+            held = self.runs.get(str(run_id))
+            follower = held.follower if held is not None else self._finishing.get(str(run_id))
+            if follower is not None:
+                follower.messages += messages
+                follower.message_units += units
 
     async def _connection_gone(self, connection_id: str) -> None:
         """410 for this connection: remove exactly it, from every run and the table."""
@@ -597,8 +652,33 @@ SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 SUPERVISOR_HEALED_S = 60.0  # a loop that ran this long before failing starts a new count
 
 
+def run_finished_fields(follower: RunFollower) -> dict[str, Any]:
+    """What a run cost here, for its "run finished" line: chunks, messages posted
+    (and their 32 KB units), log writes, bytes logged (estimated) and the cost per
+    chunk at list prices (messages and log writes; ``hatchway.metrics``)."""
+    return {
+        "run_id": follower.run_id,
+        "status": follower.status,
+        "last_seq": follower.logged_seq,
+        "chunks": follower.chunks,
+        "messages": follower.messages,
+        "message_units": follower.message_units,
+        "log_writes": follower.log_writes,
+        "bytes": follower.bytes_logged,
+        "write_units": follower.write_units,
+        "usd_per_chunk": m.usd_per_chunk(
+            chunks=follower.chunks,
+            message_units=follower.message_units,
+            write_units=follower.write_units,
+        ),
+    }
+
+
 async def _supervised(
-    name: str, loop: Callable[[], Awaitable[None]], failures: dict[str, int] | None = None
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    failures: dict[str, int] | None = None,
+    metrics: m.RelayMetrics | None = None,
 ) -> None:
     """Run one of the relay's background loops; if it ever raises, log it and start
     it again (with backoff): a loop that died unseen would stop the relay taking runs,
@@ -615,6 +695,8 @@ async def _supervised(
                 counts[name] = 0
             failed = counts[name]
             logger.exception("relay loop failed; restarting it", loop=name, failures=failed)
+            if metrics is not None:
+                metrics.add(m.RELAY_ERRORS)
             counts[name] = failed + 1
             await asyncio.sleep(SUPERVISOR_BACKOFF_S[min(failed, len(SUPERVISOR_BACKOFF_S) - 1)])
         else:
