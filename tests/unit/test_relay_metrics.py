@@ -187,3 +187,20 @@ def test_delivery_lag_keeps_a_bounded_uniform_sample() -> None:
         metrics.lag(float(ms))
     assert len(metrics.lags_ms) == m.MAX_LAG_SAMPLES
     assert max(metrics.lags_ms) > m.MAX_LAG_SAMPLES  # later values replace earlier ones
+
+
+def test_the_dlq_consumer_counts_runs_dead_lettered_as_emf(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hatchway import dead_letters  # noqa: PLC0415 - the function's own module
+    from tests.unit.test_dead_letters import RUN, Table, consumer, event, record  # noqa: PLC0415
+
+    dead = consumer(Table(record(status="FAILED", last_seq=3)), None)
+    dead_letters.metrics.clear_metrics()  # what other tests' batches counted
+    capsys.readouterr()
+    assert dead_letters.handle_batch(dead, event(RUN)) == {"batchItemFailures": []}
+    dead_letters.metrics.flush_metrics()
+    found = emitted(emf_lines(capsys.readouterr().out))
+    assert found[m.RUNS_DEAD_LETTERED]["values"] == [1]
+    assert found[m.RUNS_DEAD_LETTERED]["namespace"] == m.NAMESPACE
+    assert found[m.RUNS_DEAD_LETTERED]["dimension_values"] == {m.DIMENSION: m.SERVICE_DLQ_CONSUMER}

@@ -49,6 +49,7 @@ from .connections import (
     UnavailableError,
 )
 from .hatchet_adapter import HatchetEvents, RunStatus, UpstreamUnavailableError
+from .metrics import RUNS_DEAD_LETTERED, SERVICE_DLQ_CONSUMER, MetricUnit, function_metrics
 from .observability import logger
 from .payloads import Payloads
 from .protocol import (
@@ -291,6 +292,9 @@ class DeadLetters:
 # -- the SQS batch -----------------------------------------------------------------------
 
 
+metrics = function_metrics(SERVICE_DLQ_CONSUMER)  # flushed per invocation (log_metrics)
+
+
 def run_id_of(body: str) -> str | None:
     """The run a queue message names (``{"runId": ...}``), or None."""
     try:
@@ -310,14 +314,18 @@ def handle_batch(dead_letters: DeadLetters, event: dict[str, Any]) -> dict[str, 
             logger.error("a dead letter that names no run; dropping it", message_id=message_id)
             continue
         receive_count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", 1))
+        logger.append_keys(run_id=run_id)  # every line about this record names its run
         try:
             dead_letters.end(run_id, receive_count)
+            metrics.add_metric(name=RUNS_DEAD_LETTERED, unit=MetricUnit.Count, value=1)
         except (RunHeldError, HatchetUnavailableError, SubscribersUnreachableError) as error:
             logger.warning("dead letter left for a retry", run_id=run_id, reason=str(error))
             failures.append({"itemIdentifier": message_id})
         except Exception:  # noqa: BLE001 - this record is retried; the others go on
             logger.exception("ending a dead-lettered run failed", run_id=run_id)
             failures.append({"itemIdentifier": message_id})
+        finally:
+            logger.remove_keys(["run_id"])
     return {"batchItemFailures": failures}
 
 
@@ -348,6 +356,7 @@ def handler() -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
         give_up_receive_count=settings.give_up_receive_count,
     )
 
+    @metrics.log_metrics
     @logger.inject_lambda_context
     def consume(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
         return handle_batch(dead_letters, event)

@@ -23,6 +23,11 @@ from typing import Final
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
+    AmazonCloudWatchEMFProvider,
+)
+
+__all__ = ["MetricUnit", "Metrics"]  # re-exported for the functions
 
 NAMESPACE: Final = "Hatchway"
 DIMENSION: Final = "service"  # Powertools' default dimension, the only one
@@ -98,8 +103,19 @@ def usd_per_chunk(*, chunks: int, message_units: int, write_units: int) -> float
 
 
 def function_metrics(service: str) -> Metrics:
-    """A function's metrics, for ``@metrics.log_metrics`` (flushed per invocation)."""
-    return Metrics(namespace=NAMESPACE, service=service)
+    """A function's metrics, for ``@metrics.log_metrics`` (flushed per invocation).
+
+    Its own sets of metrics and dimensions: Powertools' ``Metrics()`` shares them
+    among all its instances in a process, which would mix two services' metrics."""
+    provider = AmazonCloudWatchEMFProvider(
+        metric_set={},
+        dimension_set={},
+        metadata_set={},
+        default_dimensions={},
+        namespace=NAMESPACE,
+        service=service,
+    )
+    return Metrics(namespace=NAMESPACE, service=service, provider=provider)
 
 
 class RelayMetrics:
@@ -111,7 +127,7 @@ class RelayMetrics:
         self._lags_seen = 0
         self.handover_seconds: float | None = None
         self.active_runs: list[int] = []  # gauge readings since the last flush
-        self._metrics = Metrics(namespace=NAMESPACE, service=service)
+        self._metrics = function_metrics(service)
 
     def add(self, name: str, value: float = 1) -> None:
         self.counts[name] += value

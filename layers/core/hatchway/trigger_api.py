@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import wiring
 from .hatchet_adapter import HatchetTrigger, UnknownWorkflowError, UpstreamUnavailableError
+from .metrics import RUNS_STARTED, SERVICE_TRIGGER, MetricUnit, function_metrics
 from .observability import logger
 from .payloads import PayloadError, Payloads
 from .protocol import HTTP_STATUS, ErrorCode, ProtocolError, error_body, is_final
@@ -31,6 +32,7 @@ from .store import RunRecord, Store
 from .tokens import RunTokens
 
 MAX_BODY_BYTES = 256 * 1024
+metrics = function_metrics(SERVICE_TRIGGER)  # flushed per invocation (functions/trigger)
 
 
 def _json_text(value: Any) -> Any:  # noqa: ANN401 - any JSON value
@@ -222,6 +224,7 @@ class _Guard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        logger.remove_keys(["run_id"])  # a run's key never outlives its request
         try:
             await self.app(scope, limited_receive, watched_send)
         except _BodyTooLargeError as error:
@@ -360,6 +363,7 @@ def create_app(
         await asyncio.to_thread(tokens.verify, token, run_id)
 
     async def existing_run(run_id: str) -> RunRecord:
+        logger.append_keys(run_id=run_id)  # this request's lines name the run
         run = await asyncio.to_thread(store.get_run, run_id)
         if run is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"run {run_id} not found")
@@ -395,7 +399,9 @@ def create_app(
         run = await asyncio.to_thread(store.create_run, run_id, request.workflow)
         await asyncio.to_thread(queue.enqueue, run_id)
         token = await asyncio.to_thread(tokens.mint, run_id)
+        logger.append_keys(run_id=run_id)  # the rest of this request's lines
         logger.info("run started", run_id=run_id, workflow=request.workflow)
+        metrics.add_metric(name=RUNS_STARTED, unit=MetricUnit.Count, value=1)
         return {
             "runId": run_id,
             "workflow": request.workflow,
