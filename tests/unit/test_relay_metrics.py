@@ -204,3 +204,15 @@ def test_the_dlq_consumer_counts_runs_dead_lettered_as_emf(
     assert found[m.RUNS_DEAD_LETTERED]["values"] == [1]
     assert found[m.RUNS_DEAD_LETTERED]["namespace"] == m.NAMESPACE
     assert found[m.RUNS_DEAD_LETTERED]["dimension_values"] == {m.DIMENSION: m.SERVICE_DLQ_CONSUMER}
+
+
+def test_a_stop_s_handover_seconds_print_once(capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = m.RelayMetrics()
+    metrics.handover_seconds = 2.5  # what Relay.run sets at its stop
+    capsys.readouterr()
+    metrics.flush()
+    found = emitted(emf_lines(capsys.readouterr().out))
+    assert found[m.HANDOVER_SECONDS]["values"] == [2.5]
+    assert found[m.HANDOVER_SECONDS]["unit"] == "Seconds"
+    metrics.flush()
+    assert m.HANDOVER_SECONDS not in emitted(emf_lines(capsys.readouterr().out))
