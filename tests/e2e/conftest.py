@@ -91,6 +91,7 @@ class Client:
 
     socket: ClientConnection
     frames: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # as received
 
     @classmethod
     async def open(cls, url: str, token: str) -> Client:
@@ -108,6 +109,7 @@ class Client:
         while True:
             before = len(self.frames)
             message = json.loads(await self.socket.recv())
+            self.messages.append(message)
             self.frames.extend(message["frames"] if message.get("type") == "batch" else [message])
             if len(self.frames) > before:
                 return self.frames[before]

@@ -6,6 +6,7 @@ checker (tests/e2e/faults.py: check_delivery)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -16,6 +17,7 @@ import boto3
 import pytest
 import pytest_asyncio
 
+from hatchway import metrics as m
 from hatchway_local.aws_proxy import DYNAMODB_WRITES, AwsProxy
 from hatchway_local.demo.workflows import ANNA_KARENINA
 from hatchway_local.stack import LocalStack
@@ -325,6 +327,74 @@ async def test_the_js_client_on_node_streams_exactly_through_a_sigterm_handover(
     assert done["text"] == ANNA_KARENINA
     assert frames[-1]["status"] == "COMPLETED"
     assert len(assert_single_writer_at_a_time(stack, run_id)) == 2  # it did change hands
+
+
+def relay_log(stack: LocalStack, relay_id: str) -> list[dict[str, Any]]:
+    """A relay's output, each JSON line (logs and EMF metrics) parsed."""
+    assert stack.log_dir is not None
+    lines = (stack.log_dir / f"{relay_id}.log").read_text(errors="replace").splitlines()
+    parsed = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            parsed.append(json.loads(line))
+    return [entry for entry in parsed if isinstance(entry, dict)]
+
+
+def emitted_total(entries: list[dict[str, Any]], name: str) -> float:
+    """A metric's sum over EMF lines (a value is a number, or a list of them)."""
+    total = 0.0
+    for entry in entries:
+        value = entry.get(name, 0)
+        total += sum(value) if isinstance(value, list) else value
+    return total
+
+
+async def test_a_runs_finished_line_and_the_relays_metrics_count_what_the_client_saw(
+    api: Api, stack: LocalStack
+) -> None:
+    """What operators read (docs/operations.md): the "run finished" line's chunks and
+    messages are what the client got; at the relay's stop its EMF metrics carry the
+    names the alarms and scaling use, with this run in them."""
+    run, client = await watch(api, input_=FAST_STREAM)
+    run_id = run["runId"]
+    try:
+        owner = await wait_for_owner(stack, run_id)
+        await until_final(client, run_id)
+        messages = 0
+        for raw in client.messages:
+            frames = raw["frames"] if raw.get("type") == "batch" else [raw]
+            messages += any(f.get("runId") == run_id and "seq" in f for f in frames)
+    finally:
+        await client.close()
+    chunks = sum(1 for f in sequenced(client.frames, run_id) if f["type"] == "chunk")
+
+    async def finished_line() -> dict[str, Any]:
+        while True:
+            for entry in relay_log(stack, owner):
+                if entry.get("message") == "run finished" and entry.get("run_id") == run_id:
+                    return entry
+            await asyncio.sleep(0.1)
+
+    line = await asyncio.wait_for(finished_line(), FINAL_WAIT_S)
+    assert line["chunks"] == chunks > 0
+    assert line["messages"] == messages  # the subscribe function sent none of these
+    assert line["log_writes"] >= 1
+    assert line["usd_per_chunk"] > 0
+
+    stack.start_relay(next_relay_id())  # keep two relays for the next tests
+    assert await stack.stop_relay(owner, signal.SIGTERM, timeout_s=110) == 0
+    emitted = [e for e in relay_log(stack, owner) if "_aws" in e]
+    assert emitted, "no EMF at the relay's stop"
+    names = {
+        metric["Name"]
+        for entry in emitted
+        for directive in entry["_aws"]["CloudWatchMetrics"]
+        for metric in directive["Metrics"]
+    }
+    assert {m.RUNS_FINISHED, m.POSTS, m.FRAMES_LOGGED, m.DELIVERY_LAG_MS} <= names
+    assert all(e["service"] == "relay" for e in emitted)
+    assert emitted_total(emitted, m.RUNS_FINISHED) >= 1
+    assert emitted_total(emitted, m.POSTS) >= messages
 
 
 # -- 4. the Hatchet subscription breaks ----------------------------------------------
