@@ -6,11 +6,15 @@ invocation); the relay's hot path has its own (``hatchway.relay.management_api``
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from .protocol import Frame, pack_messages
 
 
 class DeliveryError(Exception):
@@ -80,6 +84,28 @@ class Connections:
             raise error_for(status, code)(f"{connection_id}: {code or status}") from error
         except BotoCoreError as error:  # no answer at all (connection refused, timeout)
             raise UnavailableError(f"{connection_id}: {error}") from error
+
+
+def post_frames(
+    connections: Connections,
+    connection_id: str,
+    frames: list[Frame],
+    *,
+    attempts: int = 5,
+    retry_on: tuple[type[DeliveryError], ...] = (ThrottledError,),
+) -> None:
+    """``frames`` to one connection, packed into messages under API Gateway's limit,
+    in order, from a Lambda function (blocking). A refusal in ``retry_on`` is tried
+    again with jittered backoff, up to ``attempts``; any other raises at once."""
+    for message in pack_messages(frames):
+        for attempt in range(attempts):
+            try:
+                connections.post(connection_id, message)
+                break
+            except retry_on:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
 
 
 def error_for(status: int, code: str) -> type[DeliveryError]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from .connections import (
     StaleConnectionError,
     ThrottledError,
     UnavailableError,
+    post_frames,
 )
 from .hatchet_adapter import HatchetEvents, RunStatus, UpstreamUnavailableError
 from .metrics import RUNS_DEAD_LETTERED, SERVICE_DLQ_CONSUMER, MetricUnit, function_metrics
@@ -54,12 +54,10 @@ from .observability import logger
 from .payloads import Payloads
 from .protocol import (
     FINAL_STATUSES,
-    ErrorCode,
     Frame,
-    error_frame,
     gap_frame,
-    pack_messages,
     status_frame,
+    token_expired_frame,
 )
 from .settings import DeadLetterSettings, load
 from .store import LeaseLostError, RunRecord, Store, Subscription
@@ -256,17 +254,7 @@ class DeadLetters:
             return
         try:
             if subscription.token_expires_at and time.time() >= subscription.token_expires_at:
-                self._post(
-                    connection_id,
-                    [
-                        error_frame(
-                            ErrorCode.UNAUTHORIZED,
-                            "the run token expired; subscribe again with a fresh token and"
-                            f" after={subscription.after}",
-                            run_id,
-                        )
-                    ],
-                )
+                self._post(connection_id, [token_expired_frame(run_id, subscription.after)])
             else:
                 after = subscription.after
                 while frames := self._store.read_frames(run_id, after, REPLAY_PAGE):
@@ -278,15 +266,13 @@ class DeadLetters:
         self._store.delete_subscription(run_id, connection_id)  # told: the run is over
 
     def _post(self, connection_id: str, frames: list[Frame]) -> None:
-        for message in pack_messages(frames):
-            for attempt in range(POST_ATTEMPTS):
-                try:
-                    self._connections.post(connection_id, message)
-                    break
-                except (ThrottledError, UnavailableError):
-                    if attempt == POST_ATTEMPTS - 1:
-                        raise
-                    time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
+        post_frames(
+            self._connections,
+            connection_id,
+            frames,
+            attempts=POST_ATTEMPTS,
+            retry_on=(ThrottledError, UnavailableError),
+        )
 
 
 # -- the SQS batch -----------------------------------------------------------------------

@@ -240,6 +240,15 @@ def error_frame(code: ErrorCode, message: str, run_id: str | None = None) -> Fra
     return frame
 
 
+def token_expired_frame(run_id: str, after: int) -> Frame:
+    """What a subscriber whose run token expired is told: how to go on, with no loss."""
+    return error_frame(
+        ErrorCode.UNAUTHORIZED,
+        f"the run token expired; subscribe again with a fresh token and after={after}",
+        run_id,
+    )
+
+
 def error_body(code: ErrorCode, message: str) -> dict[str, Any]:
     """The HTTP API's error shape."""
     return {"error": {"code": code.value, "message": message}}

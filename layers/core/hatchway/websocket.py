@@ -12,12 +12,11 @@ same ``seq``: clients drop ``seq <= last``, as the protocol says).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .connections import Connections, DeliveryError, StaleConnectionError, ThrottledError
+from .connections import Connections, DeliveryError, StaleConnectionError, post_frames
 from .observability import logger
 from .payloads import PayloadError, Payloads
 from .protocol import (
@@ -27,7 +26,6 @@ from .protocol import (
     SubscribeMessage,
     UnsubscribeMessage,
     error_frame,
-    pack_messages,
     parse_client_message,
     pong_frame,
     subscribed_frame,
@@ -220,12 +218,4 @@ class WebSocketApi:
             after = int(frames[-1]["seq"])
 
     def _post(self, connection_id: str, frames: list[Frame], attempts: int = 5) -> None:
-        for message in pack_messages(frames):
-            for attempt in range(attempts):
-                try:
-                    self.connections.post(connection_id, message)
-                    break
-                except ThrottledError:
-                    if attempt == attempts - 1:
-                        raise
-                    time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
+        post_frames(self.connections, connection_id, frames, attempts=attempts)

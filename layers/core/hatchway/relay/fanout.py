@@ -94,6 +94,7 @@ class ConnectionSender:
     queued_bytes: int = 0  # about what waits in the queue (data plus a frame's overhead)
     closed: bool = False
     _room: asyncio.Event = field(default_factory=asyncio.Event)
+    _received_at: float | None = None  # the oldest Hatchet receipt in the batch being sent
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -183,8 +184,6 @@ class ConnectionSender:
             self._received_at = received_at  # the oldest in the batch
         return frames
 
-    _received_at: float | None = None
-
     async def wait_for_room(self) -> None:
         """Until at most half the bound waits (or the sender closed): a backlog is
         handed over a page at a time, as the connection takes it, never past the bound."""
@@ -232,7 +231,7 @@ class ConnectionSender:
                 self._received_at = None
 
     def _posted(self, frames: list[Frame], messages: list[str]) -> None:
-        received_at, self._received_at = self._received_at, None
+        received_at = self._received_at  # reset by _run once the batch is done
         if self.metrics is not None and received_at is not None:
             self.metrics.lag((time.monotonic() - received_at) * 1000)
         if self.on_posted is not None:

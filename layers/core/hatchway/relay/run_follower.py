@@ -40,12 +40,11 @@ from hatchway.payloads import (
 )
 from hatchway.protocol import (
     FINAL_STATUSES,
-    ErrorCode,
     Frame,
     chunk_frame,
-    error_frame,
     gap_frame,
     status_frame,
+    token_expired_frame,
     unsubscribed_frame,
 )
 from hatchway.store import LeaseLostError, RunRecord, Store, Subscription
@@ -635,14 +634,7 @@ class RunFollower:
         (a fresh token from its backend, then subscribe with ``after``)."""
         self.subscribers.pop(subscriber.connection_id, None)
         self._sender_for(subscriber.connection_id).send(
-            [
-                error_frame(
-                    ErrorCode.UNAUTHORIZED,
-                    "the run token expired; subscribe again with a fresh token and"
-                    f" after={subscriber.cursor}",
-                    self.run_id,
-                )
-            ]
+            [token_expired_frame(self.run_id, subscriber.cursor)]
         )
         logger.info(
             "subscriber's token expired", run_id=self.run_id, connection_id=subscriber.connection_id
