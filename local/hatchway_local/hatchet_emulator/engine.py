@@ -10,7 +10,19 @@ Hatchway depends on them (see shared/notes/hatchet-engine.md):
 - per task: STARTED, STREAM (with ``event_index``), COMPLETED / FAILED /
   CANCELLED / TIMED_OUT; the run's end comes last as a WORKFLOW_RUN event with
   ``hangup``;
-- a subscription to a run that already ended gets nothing.
+- a subscription to a run that already ended gets nothing;
+- a DAG task is created only once its parents decide it (Hatchet's
+  ``getParentInDAGGroupMatch`` in pkg/repository/trigger.go): all parents
+  completed -> queued; all parents skipped -> skipped; any parent failed or
+  cancelled -> created cancelled. Independent branches run on after a failure;
+- the on-failure task is queued as soon as another task fails for good, and
+  skipped when every other task completed or was cancelled
+  (``getParentOnFailureGroupMatches``, same file);
+- a run ends when every task exists and is final: FAILED if any task failed,
+  else CANCELLED if any was cancelled, else COMPLETED (``UpdateDAGStatusesFromMQ``
+  in pkg/repository/sqlcv1/olap.sql);
+- cancelling a task's id cancels that task (and, by the rules above, its
+  dependents); cancelling a run's id cancels every task of the run.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -81,10 +93,16 @@ class TaskSpec:
     timeout: str = ""  # as declared ("30s", "5m"): the engine quotes it when a task times out
     backoff_factor: float | None = None
     backoff_max_s: float | None = None
+    on_failure: bool = False  # the workflow's on-failure task (its parents are all other tasks)
+    schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
 
     @property
     def timeout_s(self) -> float | None:
         return parse_duration(self.timeout)
+
+    @property
+    def schedule_timeout_s(self) -> float | None:
+        return parse_duration(self.schedule_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +110,7 @@ class WorkflowSpec:
     name: str
     tasks: dict[str, TaskSpec]
     event_triggers: tuple[str, ...] = ()
+    default_priority: int | None = None
     workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     version_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -103,13 +122,49 @@ class TaskRun:
     external_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     status: Status = Status.QUEUED
     retry_count: int = 0
-    output: str | None = None  # JSON text as the worker sent it
-    error: str | None = None
+    output: str | None = None  # JSON text as the worker sent it ("" for a task that returned None)
+    error: str | None = None  # a failure's error, as the worker sent it
+    cancel_reason: str | None = None  # why a task was cancelled by a user, worker or timeout
+    skipped: bool = False
+    created: bool = False  # a DAG task exists only once its parents decided it
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     worker_id: str | None = None
     started_event_sent: bool = False
     not_before: float = 0.0  # loop time before which a retry may not be assigned
     timeout_handle: asyncio.TimerHandle | None = None
+    schedule_handle: asyncio.TimerHandle | None = None
     next_stream_index: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (Status.FAILED, Status.TIMED_OUT)
+
+    def output_object(self) -> dict[str, Any] | None:
+        """The output as a JSON object, None when there is none (the task returned None)."""
+        if self.status is not Status.COMPLETED or not self.output:
+            return None
+        try:
+            value = json.loads(self.output)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One entry of a run's task event log, as the REST API's ``taskEvents`` lists them."""
+
+    event_id: int
+    task: TaskRun
+    event_type: str  # a V1TaskEventType: QUEUED, STARTED, FINISHED, FAILED, RETRYING, ...
+    retry_count: int
+    at: datetime = field(default_factory=utcnow)
+    error: str | None = None
+    message: str = ""
+    worker_id: str | None = None
+    output: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -129,15 +184,20 @@ class WorkflowRun:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     tasks: dict[str, TaskRun] = field(default_factory=dict)
+    failures: list[TaskRun] = field(default_factory=list)  # tasks failed for good, in order
+    task_events: list[TaskEvent] = field(default_factory=list)
+    cancelled: bool = False  # the whole run was cancelled
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def output(self) -> dict[str, Any]:
-        return {
-            readable_id: json.loads(task.output)
-            for readable_id, task in self.tasks.items()
-            if task.output is not None
-        }
+        """Each completed task's output object; a task that returned None has none."""
+        outputs = {rid: task.output_object() for rid, task in self.tasks.items()}
+        return {rid: output for rid, output in outputs.items() if output is not None}
+
+    @property
+    def created_tasks(self) -> list[TaskRun]:
+        return [task for task in self.tasks.values() if task.created]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,12 +284,15 @@ class Engine:
         self.tasks: dict[str, TaskRun] = {}
         self.workers: dict[str, Worker] = {}
         self.faults = SubscriptionFaults()
-        self._queue: deque[TaskRun] = deque()
+        # (-priority, arrival, task): the real engine assigns higher priorities first.
+        self._queue: list[tuple[int, int, TaskRun]] = []
         self._subscriptions: set[EventSubscription] = set()
         # Run subscriptions ever opened, per run: benchmarks count upstream subscriptions.
         self.subscriptions_opened: Counter[str] = Counter()
         self._run_created = asyncio.Condition()
         self._children: dict[tuple[str, str], str] = {}  # (parent task, index or key) -> run id
+        self._event_ids = 0
+        self._queued = 0  # arrival order, the tie-break between runs of one priority
         self._janitor: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -244,7 +307,7 @@ class Engine:
             await asyncio.gather(self._janitor, return_exceptions=True)
             self._janitor = None
         for task in self.tasks.values():
-            self._clear_timeout(task)
+            self._clear_timers(task)
 
     @staticmethod
     def _now() -> float:
@@ -254,7 +317,7 @@ class Engine:
 
     def put_workflow(self, spec: WorkflowSpec) -> WorkflowSpec:
         for task in spec.tasks.values():
-            _ = task.timeout_s  # refuses a malformed duration now, not when the task runs
+            _ = task.timeout_s, task.schedule_timeout_s  # refused now, not when the task runs
             missing = [p for p in task.parents if p not in spec.tasks]
             if missing:
                 raise EngineError(
@@ -263,7 +326,11 @@ class Engine:
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
             spec = WorkflowSpec(
-                spec.name, spec.tasks, spec.event_triggers, workflow_id=previous.workflow_id
+                spec.name,
+                spec.tasks,
+                spec.event_triggers,
+                spec.default_priority,
+                workflow_id=previous.workflow_id,
             )
         self.workflows[spec.name] = spec
         return spec
@@ -301,7 +368,7 @@ class Engine:
             workflow=workflow,
             input=input_,
             additional_metadata=additional_metadata or {},
-            priority=priority or 1,
+            priority=priority or workflow.default_priority or 1,
             parent_run_id=parent_run_id,
             parent_task_external_id=parent_task_external_id,
             child_index=child_index,
@@ -316,8 +383,8 @@ class Engine:
             self._children[child_slot] = run.run_id
         logger.debug("run created", run_id=run.run_id, workflow=name)
         for task in run.tasks.values():
-            if not task.spec.parents:
-                self._enqueue(task)
+            if not task.spec.parents and not task.spec.on_failure:
+                self._create(task, Status.QUEUED)
         self._dispatch()
         async with self._run_created:
             self._run_created.notify_all()
@@ -354,22 +421,28 @@ class Engine:
         return run
 
     def cancel_run(self, run_id: str) -> list[str]:
-        """Cancel a run; returns the external ids of the tasks it cancelled."""
+        """Cancel every task of a run; returns the external ids of the tasks it cancelled."""
         run = self.get_run(run_id)
         if run.status.is_final:
             return []
-        cancelled = [task.external_id for task in run.tasks.values() if not task.status.is_final]
-        self._finish_run(run, Status.CANCELLED, "run was cancelled")
+        run.cancelled = True
+        cancelled = [task.external_id for task in run.created_tasks if not task.status.is_final]
+        for task in run.created_tasks:
+            self._cancel_task(task, "run was cancelled", settle=False)
+        self._settle(run)  # tasks not created yet follow their cancelled parents
         return cancelled
 
     def cancel_tasks(self, external_ids: list[str]) -> list[str]:
-        """Cancel the runs of the given tasks (or runs), as the v1 cancel endpoint does."""
+        """The v1 cancel endpoint: a task's id cancels that task, a run's id the whole run."""
         cancelled: list[str] = []
         for external_id in external_ids:
             task = self.tasks.get(external_id)
-            run_id = task.run.run_id if task is not None else external_id
-            if run_id in self.runs:
-                cancelled.extend(self.cancel_run(run_id))
+            if task is not None:
+                if task.created and not task.status.is_final:
+                    cancelled.append(external_id)
+                    self._cancel_task(task, "task was cancelled")
+            elif external_id in self.runs:
+                cancelled.extend(self.cancel_run(external_id))
         return cancelled
 
     # -- workers -----------------------------------------------------------------------
@@ -449,6 +522,8 @@ class Engine:
             return
         task.status = Status.RUNNING
         task.started_event_sent = True
+        task.started_at = task.started_at or utcnow()
+        self._record(task, "STARTED")
         run = task.run
         if run.status is Status.QUEUED:
             run.status = Status.RUNNING
@@ -470,29 +545,22 @@ class Engine:
             return
         self.task_started(external_id, retry_count)  # STARTED can trail the result
         task.status = Status.COMPLETED
-        task.output = output or "null"
+        task.output = output  # "" when the task returned None: it has no output
+        task.finished_at = utcnow()
         self._release(task)
-        run = task.run
+        self._record(task, "FINISHED", output=output)
         self._emit(
             RunEvent(
-                run.run_id,
+                task.run.run_id,
                 "STEP_RUN",
                 "COMPLETED",
                 external_id,
-                payload=task.output,
+                payload=output,
                 retry_count=task.retry_count,
                 task_retries=task.spec.retries,
             )
         )
-        for child in run.tasks.values():
-            if (
-                child.status is Status.QUEUED
-                and task.spec.readable_id in child.spec.parents
-                and all(run.tasks[p].status is Status.COMPLETED for p in child.spec.parents)
-            ):
-                self._enqueue(child)
-        if all(t.status is Status.COMPLETED for t in run.tasks.values()):
-            self._finish_run(run, Status.COMPLETED)
+        self._settle(task.run)
         self._dispatch()
 
     def task_failed(
@@ -514,8 +582,8 @@ class Engine:
 
     def task_cancelled_by_worker(self, external_id: str, retry_count: int | None = None) -> None:
         task = self._task_for_event(external_id, retry_count)
-        if task is not None:  # the worker gave up on its own: the run is cancelled
-            self._finish_run(task.run, Status.CANCELLED, "task was cancelled by its worker")
+        if task is not None:  # the worker gave up on this task: it alone is cancelled
+            self._cancel_task(task, "task was cancelled by its worker")
 
     def refresh_timeout(self, external_id: str, increment: str) -> datetime:
         task = self.tasks.get(external_id)
@@ -619,30 +687,141 @@ class Engine:
                 if event.hangup and subscription.run_id is not None:
                     self._subscriptions.discard(subscription)
 
+    def _record(
+        self,
+        task: TaskRun,
+        event_type: str,
+        *,
+        error: str | None = None,
+        message: str = "",
+        output: str | None = None,
+    ) -> None:
+        self._event_ids += 1
+        task.run.task_events.append(
+            TaskEvent(
+                self._event_ids,
+                task,
+                event_type,
+                task.retry_count,
+                error=error,
+                message=message,
+                worker_id=task.worker_id,
+                output=output,
+            )
+        )
+
+    def _create(self, task: TaskRun, state: Status) -> None:
+        """Create a task in ``state``: QUEUED, CANCELLED, or COMPLETED meaning skipped."""
+        task.created = True
+        task.created_at = utcnow()
+        run = task.run
+        if state is Status.QUEUED:
+            self._enqueue(task)
+            return
+        task.status = state
+        task.finished_at = task.created_at
+        if state is Status.CANCELLED:  # no error of its own: the parent's failure carries it
+            self._record(task, "CANCELLED", message="a parent task failed or was cancelled")
+            self._emit(RunEvent(run.run_id, "STEP_RUN", "CANCELLED", task.external_id))
+        else:  # skipped: the engine's output for a skipped task
+            task.skipped = True
+            task.output = json.dumps({"skipped": True})
+            self._record(task, "SKIPPED", output=task.output)
+            self._emit(RunEvent(run.run_id, "STEP_RUN", "COMPLETED", task.external_id, task.output))
+
+    @staticmethod
+    def _decide(task: TaskRun) -> Status | None:
+        """What a task not created yet becomes now, or None while its parents are undecided."""
+        run = task.run
+        if task.spec.on_failure:
+            others = [t for t in run.tasks.values() if t is not task]
+            if any(t.failed for t in others):
+                return Status.QUEUED
+            finished = all(t.created and t.status.is_final for t in others)
+            return Status.COMPLETED if finished else None  # completed here means skipped
+        parents = [run.tasks[name] for name in task.spec.parents]
+        if not parents:
+            return None
+        if any(p.failed or p.status is Status.CANCELLED for p in parents):
+            return Status.CANCELLED
+        if all(p.created and p.status is Status.COMPLETED for p in parents):
+            return Status.COMPLETED if all(p.skipped for p in parents) else Status.QUEUED
+        return None
+
+    def _settle(self, run: WorkflowRun) -> None:
+        """Create the tasks that their parents now decide, then end the run if all are final."""
+        if run.status.is_final:
+            return
+        progressed = True
+        while progressed:
+            progressed = False
+            for task in run.tasks.values():
+                if not task.created and (state := self._decide(task)) is not None:
+                    self._create(task, state)
+                    progressed = True
+        if all(task.created and task.status.is_final for task in run.tasks.values()):
+            self._finish_run(run)
+
+    def _cancel_task(self, task: TaskRun, reason: str, *, settle: bool = True) -> None:
+        if task.status.is_final:
+            return
+        if task.status in (Status.ASSIGNED, Status.RUNNING):
+            self._send_cancel(task)
+        self._release(task)
+        task.status = Status.CANCELLED
+        task.cancel_reason = reason
+        task.finished_at = utcnow()
+        self._record(task, "CANCELLED", message=reason)
+        self._emit(RunEvent(task.run.run_id, "STEP_RUN", "CANCELLED", task.external_id))
+        if settle:
+            self._settle(task.run)
+            self._dispatch()
+
     def _enqueue(self, task: TaskRun) -> None:
         task.status = Status.QUEUED
         task.worker_id = None
         task.started_event_sent = False
-        self._queue.append(task)
+        self._queued += 1
+        self._queue.append((-task.run.priority, self._queued, task))
+        self._record(task, "QUEUED")
+        schedule_timeout = task.spec.schedule_timeout_s
+        if schedule_timeout is not None and task.schedule_handle is None:
+            task.schedule_handle = asyncio.get_running_loop().call_later(
+                max(schedule_timeout, 0.0) + max(task.not_before - self._now(), 0.0),
+                self._scheduling_timed_out,
+                task,
+            )
+
+    def _scheduling_timed_out(self, task: TaskRun) -> None:
+        task.schedule_handle = None
+        if task.status is Status.QUEUED and task.created:
+            logger.info("task found no worker in time", task=task.external_id)
+            self._record(task, "SCHEDULING_TIMED_OUT")
+            self._cancel_task(task, "SCHEDULING_TIMED_OUT")
 
     def _dispatch(self) -> None:
-        waiting: deque[TaskRun] = deque()
+        """Assign queued tasks to free workers: higher run priority first, then arrival."""
+        waiting: list[tuple[int, int, TaskRun]] = []
         now = self._now()
-        while self._queue:
-            task = self._queue.popleft()
+        for entry in sorted(self._queue):
+            task = entry[2]
             if task.status is not Status.QUEUED:
                 continue
             if task.not_before > now:
-                waiting.append(task)
+                waiting.append(entry)
                 asyncio.get_running_loop().call_at(task.not_before, self._dispatch)
                 continue
             worker = next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
             if worker is None:
-                waiting.append(task)
+                waiting.append(entry)
                 continue
             task.status = Status.ASSIGNED
             task.worker_id = worker.worker_id
             worker.running.add(task.external_id)
+            if task.schedule_handle is not None:
+                task.schedule_handle.cancel()
+                task.schedule_handle = None
+            self._record(task, "ASSIGNED")
             if task.spec.timeout_s is not None:
                 self._arm_timeout(task, task.spec.timeout_s)
             worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
@@ -659,6 +838,13 @@ class Engine:
         if task.timeout_handle is not None:
             task.timeout_handle.cancel()
             task.timeout_handle = None
+
+    @classmethod
+    def _clear_timers(cls, task: TaskRun) -> None:
+        cls._clear_timeout(task)
+        if task.schedule_handle is not None:
+            task.schedule_handle.cancel()
+            task.schedule_handle = None
 
     def _timed_out(self, task: TaskRun) -> None:
         task.timeout_handle = None
@@ -680,8 +866,10 @@ class Engine:
         retryable: bool,
         retry_after_s: float = 0.0,
     ) -> None:
-        """A failed or timed-out attempt: retry it if allowed, else the run ends with ``status``."""
+        """A failed or timed-out attempt: retry it if allowed, else the task ends with ``status``
+        (its dependents are cancelled; independent branches go on)."""
         self._release(task)
+        self._record(task, status.value, error=error)
         run = task.run
         self._emit(
             RunEvent(
@@ -695,6 +883,7 @@ class Engine:
             )
         )
         if retryable and task.retry_count < task.spec.retries:
+            self._record(task, "RETRYING")
             task.retry_count += 1
             task.not_before = self._now() + (retry_after_s or self._backoff(task))
             self._enqueue(task)
@@ -702,7 +891,10 @@ class Engine:
             return
         task.status = status
         task.error = error
-        self._finish_run(run, status, error)
+        task.finished_at = utcnow()
+        run.failures.append(task)
+        self._settle(run)
+        self._dispatch()
 
     @staticmethod
     def _backoff(task: TaskRun) -> float:
@@ -715,7 +907,7 @@ class Engine:
         return delay
 
     def _release(self, task: TaskRun) -> None:
-        self._clear_timeout(task)
+        self._clear_timers(task)
         worker = self.workers.get(task.worker_id or "")
         if worker is not None:
             worker.running.discard(task.external_id)
@@ -725,17 +917,16 @@ class Engine:
         if worker is not None:
             worker.assignments.put_nowait(Assignment("CANCEL_STEP_RUN", task))
 
-    def _finish_run(self, run: WorkflowRun, status: Status, error: str | None = None) -> None:
-        if run.status.is_final:
-            return
-        for task in run.tasks.values():
-            if task.status.is_final:
-                continue
-            if task.status in (Status.ASSIGNED, Status.RUNNING):
-                self._send_cancel(task)
-            self._release(task)
-            task.status = Status.CANCELLED
-            self._emit(RunEvent(run.run_id, "STEP_RUN", "CANCELLED", task.external_id))
+    def _finish_run(self, run: WorkflowRun) -> None:
+        """Every task is final: the run's status follows the engine's precedence."""
+        if run.failures:
+            first = run.failures[0]
+            status, error = first.status, first.error
+        elif any(task.status is Status.CANCELLED for task in run.tasks.values()):
+            status = Status.CANCELLED
+            error = "run was cancelled" if run.cancelled else "a task was cancelled"
+        else:
+            status, error = Status.COMPLETED, None
         run.status = status
         run.error = error
         run.finished_at = utcnow()
@@ -745,4 +936,3 @@ class Engine:
         )
         run.done.set()
         logger.debug("run finished", run_id=run.run_id, status=status.value)
-        self._dispatch()

@@ -28,6 +28,7 @@ from .engine import (
     EventSubscription,
     RunEvent,
     Status,
+    TaskRun,
     TaskSpec,
     WorkflowRun,
     WorkflowSpec,
@@ -206,9 +207,11 @@ class HatchetServices:
     def _assigned_action(self, assignment: Assignment) -> Any:
         task = assignment.task
         run = task.run
-        parents = {
-            parent: _loads(run.tasks[parent].output or "", {}) for parent in task.spec.parents
-        }
+        payload = {"input": run.input, "parents": self._parent_outputs(task)}
+        if task.spec.on_failure:
+            payload["step_run_errors"] = {
+                failed.spec.readable_id: failed.error or "" for failed in run.failures
+            }
         action = self._m("AssignedAction")(
             tenant_id=self.engine.tenant_id,
             workflow_run_id=run.run_id,
@@ -219,7 +222,7 @@ class HatchetServices:
             task_run_external_id=task.external_id,
             action_id=task.spec.action,
             action_type=contracts.enum_value("ActionType", assignment.kind),
-            action_payload=json.dumps({"input": run.input, "parents": parents}),
+            action_payload=json.dumps(payload),
             task_name=task.spec.readable_id,
             retry_count=task.retry_count,
             additional_metadata=json.dumps(run.additional_metadata),
@@ -235,6 +238,19 @@ class HatchetServices:
             action.child_workflow_key = run.child_key
         _stamp(action, "task_inserted_at", run.created_at)
         return action
+
+    @staticmethod
+    def _parent_outputs(task: TaskRun) -> dict[str, Any]:
+        """Parents' output objects; like the engine's dispatcher, a parent that returned
+        nothing is left out (the SDK's payload model needs an object for each one)."""
+        run = task.run
+        names = (
+            [t.spec.readable_id for t in run.tasks.values() if t is not task]
+            if task.spec.on_failure
+            else task.spec.parents
+        )
+        outputs = {name: run.tasks[name].output_object() for name in names}
+        return {name: output for name, output in outputs.items() if output is not None}
 
     async def heartbeat(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         self.engine.heartbeat(request.worker_id)
@@ -385,16 +401,18 @@ class HatchetServices:
             ),
         )
         _stamp(event, "event_timestamp", run.finished_at or run.created_at)
-        for readable_id, task in run.tasks.items():
+        for task in run.created_tasks:
             result = event.results.add(
-                task_run_external_id=task.external_id, task_name=readable_id, job_run_id=run.run_id
+                task_run_external_id=task.external_id,
+                task_name=task.spec.readable_id,
+                job_run_id=run.run_id,
             )
-            if task.status is Status.COMPLETED and task.output is not None:
-                result.output = task.output
-            elif task.error is not None:
-                result.error = task.error
-            elif task.status is Status.CANCELLED:
-                result.error = run.error or "cancelled"
+            if task.status is Status.COMPLETED:
+                result.output = task.output or ""
+            elif task.failed:
+                result.error = task.error or ""
+            elif task.status is Status.CANCELLED:  # a failure's dependent has no error of its own
+                result.error = task.cancel_reason or ""
         return event
 
     # -- events ------------------------------------------------------------------------
@@ -456,21 +474,17 @@ class HatchetServices:
         return self._m("v1.TriggerWorkflowRunResponse")(external_id=run.run_id)
 
     async def put_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
-        tasks = {
-            task.readable_id: TaskSpec(
-                readable_id=task.readable_id,
-                action=task.action,
-                parents=tuple(task.parents),
-                retries=task.retries,
-                timeout=task.timeout,
-                backoff_factor=_optional(task, "backoff_factor"),
-                backoff_max_s=_optional(task, "backoff_max_seconds"),
-            )
-            for task in request.tasks
-        }
+        refuse_unemulated(request)
+        tasks = {task.readable_id: _task_spec(task) for task in request.tasks}
+        if request.HasField("on_failure_task"):
+            on_failure = _task_spec(request.on_failure_task, on_failure=True)
+            tasks[on_failure.readable_id] = on_failure
         spec = self.engine.put_workflow(
             WorkflowSpec(
-                name=request.name, tasks=tasks, event_triggers=tuple(request.event_triggers)
+                name=request.name,
+                tasks=tasks,
+                event_triggers=tuple(request.event_triggers),
+                default_priority=_optional(request, "default_priority") or None,
             )
         )
         return self._m("v1.CreateWorkflowVersionResponse")(
@@ -489,16 +503,80 @@ class HatchetServices:
             done=run.status.is_final,
             additional_metadata=json.dumps(run.additional_metadata).encode(),
         )
-        for readable_id, task in run.tasks.items():
-            detail = response.task_runs[readable_id]
+        for task in run.created_tasks:  # the engine lists the tasks created so far
+            detail = response.task_runs[task.spec.readable_id]
             detail.external_id = task.external_id
-            detail.readable_id = readable_id
+            detail.readable_id = task.spec.readable_id
             detail.status = contracts.enum_value("v1.RunStatus", run_status_name(task.status))
-            if task.output is not None:
+            if task.status is Status.COMPLETED and task.output:
                 detail.output = task.output.encode()
-            if task.error is not None:
+            if task.failed and task.error is not None:
                 detail.error = task.error
         return response
+
+
+def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
+    return TaskSpec(
+        readable_id=task.readable_id,
+        action=task.action,
+        parents=tuple(task.parents),
+        retries=task.retries,
+        timeout=task.timeout,
+        backoff_factor=_optional(task, "backoff_factor"),
+        backoff_max_s=_optional(task, "backoff_max_seconds"),
+        on_failure=on_failure,
+        schedule_timeout=task.schedule_timeout,
+    )
+
+
+# What the emulator does not carry out, as (feature, test on the request or on a task).
+_UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
+    ("workflow-level concurrency limits", lambda w: w.HasField("concurrency") or w.concurrency_arr),
+    ("cron triggers", lambda w: bool(w.cron_triggers)),
+    ("sticky worker assignment", lambda w: w.HasField("sticky")),
+    ("default event filters", lambda w: bool(w.default_filters)),
+    ("idempotency keys", lambda w: w.HasField("idempotency")),
+)
+_UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
+    ("task-level concurrency limits", lambda t: bool(t.concurrency)),
+    (
+        "wait_for / skip_if / cancel_if conditions",
+        lambda t: bool(
+            t.conditions.sleep_conditions
+            or t.conditions.user_event_conditions
+            or t.conditions.parent_override_conditions
+        ),
+    ),
+    ("durable tasks", lambda t: t.is_durable),
+    ("rate limits", lambda t: bool(t.rate_limits)),
+    ("desired worker labels", lambda t: bool(t.worker_labels)),
+    ("batch tasks", lambda t: t.HasField("batch")),
+    (
+        "slot requests other than one default slot",
+        lambda t: dict(t.slot_requests) not in ({}, {"default": 1}),
+    ),
+)
+
+
+def refuse_unemulated(request: Any) -> None:
+    """Refuse, naming it, any workflow feature the emulator does not carry out: a
+    workflow that registers here runs as on the real engine, or not at all."""
+    tasks = [*request.tasks]
+    if request.HasField("on_failure_task"):
+        tasks.append(request.on_failure_task)
+    features = [feature for feature, used in _UNEMULATED_WORKFLOW if used(request)]
+    features += [
+        f"{feature} (task {task.readable_id!r})"
+        for task in tasks
+        for feature, used in _UNEMULATED_TASK
+        if used(task)
+    ]
+    if features:
+        raise EngineError(
+            "UNIMPLEMENTED",
+            f"workflow {request.name!r} uses what the Hatchway Hatchet emulator does not "
+            f"emulate: {'; '.join(features)} (run it against a real Hatchet engine)",
+        )
 
 
 def bearer_matches(header: str, token: str) -> bool:

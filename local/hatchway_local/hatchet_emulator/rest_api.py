@@ -5,14 +5,14 @@ emulator runs in another process.
 
 from __future__ import annotations
 
-import json
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .engine import EngineError, Status, TaskRun, WorkflowRun
+from .engine import EngineError, Status, TaskEvent, TaskRun, WorkflowRun
 from .grpc_api import bearer_matches, run_status_name
 
 if TYPE_CHECKING:
@@ -39,69 +39,118 @@ async def _auth_and_errors(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-def _iso(run: WorkflowRun, field: str) -> str | None:
-    value = getattr(run, field)
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _task_summary(run: WorkflowRun, task: TaskRun, tenant_id: str) -> dict[str, Any]:
+def _step_id(run: WorkflowRun, readable_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{readable_id}"))
+
+
+def _meta(resource_id: str, created: datetime, updated: datetime | None) -> dict[str, str]:
     return {
-        "metadata": {
-            "id": task.external_id,
-            "createdAt": run.created_at.isoformat(),
-            "updatedAt": (run.finished_at or run.created_at).isoformat(),
-        },
+        "id": resource_id,
+        "createdAt": created.isoformat(),
+        "updatedAt": (updated or created).isoformat(),
+    }
+
+
+def _task_summary(task: TaskRun, tenant_id: str) -> dict[str, Any]:
+    """A V1TaskSummary as the engine's transformer builds it: ``output`` is always an
+    object ({} until the task completed), ``errorMessage`` a string ("" when none)."""
+    run = task.run
+    created = task.created_at or run.created_at
+    duration = None
+    if task.started_at is not None and task.finished_at is not None:
+        duration = int((task.finished_at - task.started_at).total_seconds() * 1000)
+    return {
+        "metadata": _meta(task.external_id, created, task.finished_at),
         "taskExternalId": task.external_id,
         "taskId": 0,
-        "taskInsertedAt": run.created_at.isoformat(),
+        "taskInsertedAt": created.isoformat(),
         "displayName": task.spec.readable_id,
-        "stepId": str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{task.spec.readable_id}")
-        ),
+        "stepId": _step_id(run, task.spec.readable_id),
         "actionId": task.spec.action,
         "status": run_status_name(task.status),
         "retryCount": task.retry_count,
         "attempt": task.retry_count + 1,
         "tenantId": tenant_id,
         "workflowId": run.workflow.workflow_id,
+        "workflowVersionId": run.workflow.version_id,
         "workflowRunExternalId": run.run_id,
         "input": run.input,
-        "output": json.loads(task.output) if task.output is not None else None,
-        "errorMessage": task.error,
+        "output": task.output_object() or {},
+        "errorMessage": task.error if task.failed and task.error else "",
         "additionalMetadata": run.additional_metadata,
-        "createdAt": run.created_at.isoformat(),
-        "startedAt": _iso(run, "started_at"),
-        "finishedAt": _iso(run, "finished_at"),
+        "createdAt": created.isoformat(),
+        "startedAt": _iso(task.started_at),
+        "finishedAt": _iso(task.finished_at),
+        "duration": duration,
         "type": "TASK",
         "numSpawnedChildren": 0,
+        "isDurable": False,
     }
 
 
+def _task_event(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "id": event.event_id,
+        "taskId": event.task.external_id,
+        "timestamp": event.at.isoformat(),
+        "eventType": event.event_type,
+        "message": event.message,
+        "errorMessage": event.error or "",
+        "output": event.output,
+        "workerId": event.worker_id,
+        "taskDisplayName": event.task.spec.readable_id,
+        "retryCount": event.retry_count,
+        "attempt": event.retry_count + 1,
+    }
+
+
+def _shape(run: WorkflowRun) -> list[dict[str, Any]]:
+    """Each step with the steps that depend on it, as GetWorkflowShape gives them."""
+    return [
+        {
+            "taskExternalId": task.external_id,
+            "stepId": _step_id(run, name),
+            "taskName": name,
+            "childrenStepIds": [
+                _step_id(run, child.spec.readable_id)
+                for child in run.tasks.values()
+                if name in child.spec.parents
+            ],
+        }
+        for name, task in run.tasks.items()
+        if not task.spec.on_failure
+    ]
+
+
 def _run_details(run: WorkflowRun, tenant_id: str) -> dict[str, Any]:
-    status = run_status_name(run.status)
+    duration = None
+    if run.started_at is not None and run.finished_at is not None:
+        duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
     return {
         "run": {
-            "metadata": {
-                "id": run.run_id,
-                "createdAt": run.created_at.isoformat(),
-                "updatedAt": (run.finished_at or run.created_at).isoformat(),
-            },
-            "status": status,
+            "metadata": _meta(run.run_id, run.created_at, run.finished_at),
+            "status": run_status_name(run.status),
             "tenantId": tenant_id,
             "displayName": run.workflow.name,
             "workflowId": run.workflow.workflow_id,
+            "workflowVersionId": run.workflow.version_id,
             "input": run.input,
             "output": run.output if run.status is Status.COMPLETED else {},
-            "errorMessage": run.error,
+            "errorMessage": run.error or "",
             "additionalMetadata": run.additional_metadata,
             "createdAt": run.created_at.isoformat(),
-            "startedAt": _iso(run, "started_at"),
-            "finishedAt": _iso(run, "finished_at"),
+            "startedAt": _iso(run.started_at),
+            "finishedAt": _iso(run.finished_at),
+            "duration": duration,
             "parentTaskExternalId": run.parent_task_external_id,
         },
-        "taskEvents": [],
-        "shape": [],
-        "tasks": [_task_summary(run, task, tenant_id) for task in run.tasks.values()],
+        "taskEvents": [_task_event(event) for event in run.task_events],
+        "shape": _shape(run),
+        "tasks": [_task_summary(task, tenant_id) for task in run.created_tasks],
     }
 
 
