@@ -99,6 +99,106 @@ def sync_stream(_input: EmptyModel, ctx: Context) -> dict[str, int]:
     return {"chunks": 20}
 
 
+# -- a failure ends only its branch (the engine's DAG rules) -------------------------
+
+branches = hatchet.workflow(name="t-branches")
+
+
+@branches.task(retries=3)
+async def doomed(_input: EmptyModel, _ctx: Context) -> None:
+    raise NonRetryableException("doomed fails for good")
+
+
+@branches.task(retries=1)
+async def flaky_branch(_input: EmptyModel, ctx: Context) -> dict[str, int]:
+    if ctx.retry_count == 0:
+        raise RuntimeError("flaky_branch fails its first attempt")
+    return {"attempt": ctx.retry_count}
+
+
+@branches.task()
+async def slow_branch(_input: EmptyModel, _ctx: Context) -> dict[str, bool]:
+    await asyncio.sleep(1)
+    return {"ok": True}
+
+
+@branches.task(parents=[doomed])
+async def after_doomed(_input: EmptyModel, _ctx: Context) -> dict[str, bool]:
+    return {"ran": True}  # never: its parent failed
+
+
+@branches.task(parents=[slow_branch])
+async def after_slow(_input: EmptyModel, ctx: Context) -> dict[str, bool]:
+    return {"parent_ok": ctx.task_output(slow_branch)["ok"]}
+
+
+# -- cancelling one task cancels that task ------------------------------------------
+
+self_cancelling = hatchet.workflow(name="t-self-cancel")
+
+
+@self_cancelling.task()
+async def quitter(_input: EmptyModel, ctx: Context) -> dict[str, bool]:
+    await ctx.aio_cancel()
+    await asyncio.sleep(30)
+    return {"cancelled": False}
+
+
+@self_cancelling.task()
+async def bystander(_input: EmptyModel, _ctx: Context) -> dict[str, bool]:
+    await asyncio.sleep(1)
+    return {"finished": True}
+
+
+# -- a parent that returns None -----------------------------------------------------
+
+
+class NamedInput(BaseModel):
+    name: str
+
+
+quiet_parent = hatchet.workflow(name="t-quiet-parent", input_validator=NamedInput)
+
+
+@quiet_parent.task()
+async def quiet(_input: NamedInput, _ctx: Context) -> None:
+    return None
+
+
+@quiet_parent.task(parents=[quiet])
+async def after_quiet(input: NamedInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+    return {"name": input.name}
+
+
+# -- on-failure tasks ---------------------------------------------------------------
+
+with_on_failure = hatchet.workflow(name="t-on-failure")
+
+
+@with_on_failure.task()
+async def breaks(_input: EmptyModel, _ctx: Context) -> None:
+    raise NonRetryableException("breaks broke")
+
+
+@with_on_failure.on_failure_task()
+async def clean_up(_input: EmptyModel, ctx: Context) -> dict[str, str]:
+    error = ctx.get_task_run_error(breaks)
+    return {"saw": error.exc if error else "no error"}
+
+
+fine_with_on_failure = hatchet.workflow(name="t-on-failure-unneeded")
+
+
+@fine_with_on_failure.task()
+async def works(_input: EmptyModel, _ctx: Context) -> dict[str, bool]:
+    return {"worked": True}
+
+
+@fine_with_on_failure.on_failure_task()
+async def never_needed(_input: EmptyModel, _ctx: Context) -> dict[str, bool]:
+    return {"ran": True}
+
+
 def main() -> None:
     worker = hatchet.worker(
         "hatchway-test-worker",
@@ -113,6 +213,11 @@ def main() -> None:
             ticks,
             too_slow,
             sync_stream,
+            branches,
+            self_cancelling,
+            quiet_parent,
+            with_on_failure,
+            fine_with_on_failure,
         ],
     )
     worker.start()

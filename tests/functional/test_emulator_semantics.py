@@ -1,0 +1,232 @@
+"""The emulator's run semantics as the real engine has them, checked with the
+unmodified hatchet-sdk (a real worker process, the test process as the client):
+a failure ends only its branch, a cancelled task only itself, on-failure tasks,
+parents that return None, REST run details the SDK can read, and registrations
+it cannot carry out refused by name."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import grpc
+import pytest
+from hatchet_sdk import (
+    ConcurrencyExpression,
+    ConcurrencyLimitStrategy,
+    Context,
+    EmptyModel,
+    Hatchet,
+)
+from hatchet_sdk.clients.rest.models.v1_task_event_type import V1TaskEventType
+from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
+from hatchet_sdk.clients.rest.models.v1_workflow_run_details import V1WorkflowRunDetails
+from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
+
+from hatchway_local.hatchet_emulator.server import HatchetEmulator
+from tests.functional.conftest import RawEvents
+from tests.functional.test_hatchet_emulator import collect, describe, result_of, start
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def statuses(details: V1WorkflowRunDetails) -> dict[str, V1TaskStatus]:
+    return {task.display_name: task.status for task in details.tasks}
+
+
+async def test_a_permanent_failure_ends_only_its_branch(
+    hatchet: Hatchet, raw_events: RawEvents
+) -> None:
+    run_id = await start(hatchet, "t-branches")
+    events = asyncio.create_task(collect(raw_events.subscribe(run_id)))
+
+    with pytest.raises(FailedTaskRunExceptionGroup) as failure:
+        await result_of(hatchet, run_id)
+
+    # Only the failure is an error: its cancelled dependent carries none of its own.
+    assert [e.exc for e in failure.value.exceptions] == ["doomed fails for good"]
+    details = await hatchet.runs.aio_get(run_id)
+    assert details.run.status == V1TaskStatus.FAILED
+    assert statuses(details) == {
+        "doomed": V1TaskStatus.FAILED,
+        "after_doomed": V1TaskStatus.CANCELLED,
+        "flaky_branch": V1TaskStatus.COMPLETED,  # retried after the failure, and finished
+        "slow_branch": V1TaskStatus.COMPLETED,
+        "after_slow": V1TaskStatus.COMPLETED,
+    }
+    outputs = {task.display_name: task.output for task in details.tasks}
+    assert outputs["after_slow"] == {"parent_ok": True}
+    assert outputs["flaky_branch"] == {"attempt": 1}
+    assert outputs["doomed"] == {}
+    assert outputs["after_doomed"] == {}
+    # The run's end comes once, after every branch, and says FAILED with the failure.
+    seen = [describe(e) for e in await asyncio.wait_for(events, 30)]
+    assert seen[-1] == ("WORKFLOW_RUN", "FAILED", True)
+    assert seen.count(("STEP_RUN", "COMPLETED", False)) == 3
+
+
+async def test_rest_run_details_log_each_attempt_and_give_the_shape(hatchet: Hatchet) -> None:
+    run_id = await start(hatchet, "t-branches")
+    with pytest.raises(FailedTaskRunExceptionGroup):
+        await result_of(hatchet, run_id)
+
+    details = await hatchet.runs.aio_get(run_id)  # parses: every output is an object
+
+    ids = {task.display_name: task.metadata.id for task in details.tasks}
+    by_task = Counter(
+        (event.task_id, event.event_type)
+        for event in details.task_events
+        if event.event_type in {V1TaskEventType.FAILED, V1TaskEventType.RETRYING}
+    )
+    assert by_task == {
+        (ids["doomed"], V1TaskEventType.FAILED): 1,  # NonRetryable: no retry
+        (ids["flaky_branch"], V1TaskEventType.FAILED): 1,
+        (ids["flaky_branch"], V1TaskEventType.RETRYING): 1,
+    }
+    finished = [e for e in details.task_events if e.event_type == V1TaskEventType.FINISHED]
+    assert sorted(e.task_display_name or "" for e in finished) == [
+        "after_slow",
+        "flaky_branch",
+        "slow_branch",
+    ]
+    shape = {item.task_name: item for item in details.shape}
+    step_ids = {name: item.step_id for name, item in shape.items()}
+    assert shape["doomed"].children_step_ids == [step_ids["after_doomed"]]
+    assert shape["slow_branch"].children_step_ids == [step_ids["after_slow"]]
+    assert shape["after_slow"].children_step_ids == []
+    assert shape["doomed"].task_external_id == ids["doomed"]
+
+
+async def test_run_details_list_only_the_tasks_created_so_far(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    workers = list(emulator.engine.workers)
+    for worker_id in workers:  # nothing runs: the dependents cannot exist yet
+        emulator.engine.set_paused(worker_id, paused=True)
+    try:
+        run_id = await start(hatchet, "t-branches")
+        queued = await hatchet.runs.aio_get_details(run_id)
+        rest = await hatchet.runs.aio_get(run_id)  # an unfinished run parses too
+    finally:
+        for worker_id in workers:
+            emulator.engine.set_paused(worker_id, paused=False)
+
+    roots = ["doomed", "flaky_branch", "slow_branch"]
+    assert sorted(queued.task_runs) == roots
+    assert not queued.done
+    assert sorted(task.display_name for task in rest.tasks) == roots
+    assert all(task.output == {} for task in rest.tasks)
+    with pytest.raises(FailedTaskRunExceptionGroup):
+        await result_of(hatchet, run_id)
+    assert len((await hatchet.runs.aio_get_details(run_id)).task_runs) == 5
+
+
+async def test_a_task_that_cancels_itself_ends_alone(hatchet: Hatchet) -> None:
+    run_id = await start(hatchet, "t-self-cancel")
+
+    with pytest.raises(FailedTaskRunExceptionGroup):
+        await result_of(hatchet, run_id)
+
+    details = await hatchet.runs.aio_get(run_id)
+    assert statuses(details) == {
+        "quitter": V1TaskStatus.CANCELLED,
+        "bystander": V1TaskStatus.COMPLETED,
+    }
+    assert details.run.status == V1TaskStatus.CANCELLED
+    grpc_details = await hatchet.runs.aio_get_details(run_id)
+    assert grpc_details.task_runs["bystander"].output == {"finished": True}
+    assert grpc_details.task_runs["quitter"].error is None  # cancelled, not failed
+
+
+async def test_cancelling_a_task_by_its_id_leaves_its_siblings_running(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    workers = list(emulator.engine.workers)
+    for worker_id in workers:
+        emulator.engine.set_paused(worker_id, paused=True)
+    try:
+        run_id = await start(hatchet, "t-branches")
+        details = await hatchet.runs.aio_get_details(run_id)
+        await hatchet.runs.aio_cancel(details.task_runs["slow_branch"].external_id)
+    finally:
+        for worker_id in workers:
+            emulator.engine.set_paused(worker_id, paused=False)
+
+    with pytest.raises(FailedTaskRunExceptionGroup):
+        await result_of(hatchet, run_id)
+    final = statuses(await hatchet.runs.aio_get(run_id))
+    assert final["slow_branch"] == V1TaskStatus.CANCELLED
+    assert final["after_slow"] == V1TaskStatus.CANCELLED  # its dependent follows it
+    assert final["flaky_branch"] == V1TaskStatus.COMPLETED
+
+
+async def test_a_dag_child_of_a_parent_that_returned_none_gets_the_run_input(
+    hatchet: Hatchet,
+) -> None:
+    run_id = await start(hatchet, "t-quiet-parent", {"name": "Levin"})
+
+    result = await result_of(hatchet, run_id)
+
+    assert result == {"after_quiet": {"name": "Levin"}}  # a None output is no output
+
+
+async def test_the_on_failure_task_runs_after_a_failure_with_its_error(hatchet: Hatchet) -> None:
+    run_id = await start(hatchet, "t-on-failure")
+
+    with pytest.raises(FailedTaskRunExceptionGroup) as failure:
+        await result_of(hatchet, run_id)
+
+    assert [e.exc for e in failure.value.exceptions] == ["breaks broke"]
+    details = await hatchet.runs.aio_get(run_id)
+    assert details.run.status == V1TaskStatus.FAILED
+    assert statuses(details) == {
+        "breaks": V1TaskStatus.FAILED,
+        "clean_up-on-failure": V1TaskStatus.COMPLETED,
+    }
+    on_failure = next(t for t in details.tasks if t.display_name == "clean_up-on-failure")
+    assert on_failure.output == {"saw": "breaks broke"}
+
+
+async def test_the_on_failure_task_is_skipped_when_nothing_fails(hatchet: Hatchet) -> None:
+    run_id = await start(hatchet, "t-on-failure-unneeded")
+
+    result = await result_of(hatchet, run_id)
+
+    assert result == {"works": {"worked": True}, "never_needed-on-failure": {"skipped": True}}
+    details = await hatchet.runs.aio_get(run_id)
+    assert details.run.status == V1TaskStatus.COMPLETED
+    skipped = [e for e in details.task_events if e.event_type == V1TaskEventType.SKIPPED]
+    assert [e.task_display_name for e in skipped] == ["never_needed-on-failure"]
+
+
+async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
+    hatchet: Hatchet,
+) -> None:
+    limited = hatchet.workflow(
+        name="t-limited",
+        concurrency=ConcurrencyExpression(
+            expression="input.group",
+            max_runs=1,
+            limit_strategy=ConcurrencyLimitStrategy.CANCEL_IN_PROGRESS,
+        ),
+    )
+
+    @limited.task()
+    async def step(_input: EmptyModel, _ctx: Context) -> None:
+        return None
+
+    @limited.durable_task()
+    async def durable(_input: EmptyModel, _ctx: Context) -> None:
+        return None
+
+    with pytest.raises(grpc.RpcError) as refused:
+        # what a worker sends when it registers the workflow
+        await hatchet._client.admin.aio_put_workflow(limited.to_proto())
+
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    details = refused.value.details() or ""
+    assert "'t-limited'" in details
+    assert "workflow-level concurrency limits" in details
+    assert "durable tasks (task 'durable')" in details
+    with pytest.raises(grpc.RpcError):  # and nothing of it was registered
+        await start(hatchet, "t-limited")
