@@ -811,6 +811,9 @@ class Engine:
                 waiting.append(entry)
                 asyncio.get_running_loop().call_at(task.not_before, self._dispatch)
                 continue
+            if not self._assignable(task):
+                waiting.append(entry)
+                continue
             worker = next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
             if worker is None:
                 waiting.append(entry)
@@ -826,6 +829,10 @@ class Engine:
                 self._arm_timeout(task, task.spec.timeout_s)
             worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
         self._queue = waiting
+
+    def _assignable(self, task: TaskRun) -> bool:
+        """Whether a queued task may be assigned now (what holds it back besides workers)."""
+        return task.run.workflow.name not in self.paused_workflows
 
     def _arm_timeout(self, task: TaskRun, seconds: float) -> None:
         self._clear_timeout(task)
