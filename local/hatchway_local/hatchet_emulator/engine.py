@@ -284,6 +284,7 @@ class Engine:
         self.tasks: dict[str, TaskRun] = {}
         self.workers: dict[str, Worker] = {}
         self.faults = SubscriptionFaults()
+        self.paused_workflows: set[str] = set()  # their queued tasks wait (REST workflow pause)
         # (-priority, arrival, task): the real engine assigns higher priorities first.
         self._queue: list[tuple[int, int, TaskRun]] = []
         self._subscriptions: set[EventSubscription] = set()
