@@ -26,6 +26,7 @@ from hatchway_local.packaging import (
     build_layer,
     function_environment,
     import_function,
+    layers_of,
     time_command,
     unzipped_size,
     zipped_size,
@@ -94,10 +95,10 @@ def measure(functions_dir: Path, layers: dict[str, Path], split: bool) -> dict[s
     )
     rows: dict[str, tuple] = {"boto3": (boto3, 0, 0)}
     for function in FUNCTIONS:
-        paths = [layers["core"]]
-        if split and function == "trigger":
-            paths.append(layers["trigger"])
         code = functions_dir / function
+        if not code.is_dir():  # newer than the previous layout (the DLQ consumer)
+            continue
+        paths = [layers[name] for name in layers_of(function)] if split else [layers["core"]]
         seconds = median_import(code, paths)
         zipped = zipped_size(code, *paths)
         unzipped = unzipped_size(code) + sum(unzipped_size(p) for p in paths)
@@ -131,6 +132,10 @@ def main() -> int:
         )
         for function in FUNCTIONS:
             seconds, zipped, unzipped = now[function]
+            if function not in before:
+                say(f"{function:<15}{seconds * 1000:>9.0f}ms{seconds / boto3_now:>8.1f}x"
+                    f"{'(new)':>36}{zipped / MB:>8.1f}MB{unzipped / MB:>24.1f}MB")  # fmt: skip
+                continue
             old_seconds, old_zipped, old_unzipped = before[function]
             say(
                 f"{function:<15}{seconds * 1000:>9.0f}ms{seconds / boto3_now:>8.1f}x"

@@ -25,9 +25,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = {"core": "requirements.txt", "trigger": "requirements-trigger.txt"}
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
-# The AWS services the runtime's boto3 clients call (Lambda functions and relay).
+# The AWS services the runtime's boto3 clients call (Lambda functions and relay), and
+# xray: aws-xray-sdk (Powertools Tracer) makes its sampling client when it is imported.
 BOTOCORE_SERVICES = frozenset(
-    {"dynamodb", "sqs", "s3", "apigatewaymanagementapi", "secretsmanager", "sts", "sso", "sso-oidc"}
+    {
+        *("dynamodb", "sqs", "s3", "apigatewaymanagementapi", "secretsmanager"),
+        *("sts", "sso", "sso-oidc", "xray"),
+    }
 )
 NEVER_SHIPPED = ("bin", "pip", "setuptools", "pkg_resources", "_distutils_hack", "grpc_tools")
 

@@ -30,7 +30,14 @@ WEBSOCKET_FUNCTIONS = (
     "ws_ping",
     "ws_default",
 )
-FUNCTIONS = ("trigger", *WEBSOCKET_FUNCTIONS)
+# Besides CoreLayer, TriggerLayer (grpcio, for Hatchet): the trigger and the DLQ consumer.
+HATCHET_FUNCTIONS = ("trigger", "dlq_consumer")
+FUNCTIONS = (*HATCHET_FUNCTIONS, *WEBSOCKET_FUNCTIONS)
+
+
+def layers_of(function: str) -> tuple[str, ...]:
+    """The layers a function gets in template.yaml (CoreLayer from Globals)."""
+    return ("core", "trigger") if function in HATCHET_FUNCTIONS else ("core",)
 
 
 def function_environment() -> dict[str, str]:

@@ -18,6 +18,7 @@ from hatchway_local.packaging import (
     distributions,
     function_environment,
     import_function,
+    layers_of,
     read_pins,
 )
 from tests.conftest import REPO_ROOT
@@ -66,9 +67,30 @@ def test_no_local_tooling_or_build_tool_is_in_a_layer(layers: dict[str, Path]) -
 def test_each_function_imports_from_its_layers_alone(
     layers: dict[str, Path], function: str
 ) -> None:
-    paths = [layers["core"], layers["trigger"]] if function == "trigger" else [layers["core"]]
+    paths = [layers[name] for name in layers_of(function)]
     cold = import_function(REPO_ROOT / "functions" / function, paths)
     assert not any(module.startswith("hatchway_local") for module in cold.modules)
+    assert "aws_xray_sdk" in {module.split(".")[0] for module in cold.modules}  # the tracer
+
+
+@pytest.mark.parametrize("function", ["ws_authorizer", "dlq_consumer"])
+def test_a_function_traces_from_its_layers_alone_as_on_lambda(
+    layers: dict[str, Path], function: str
+) -> None:
+    """With Lambda's variables the tracer is on at the cold start: aws-xray-sdk (and
+    wrapt) load from the layer and patch botocore."""
+    env = {
+        **function_environment(),
+        "LAMBDA_TASK_ROOT": str(REPO_ROOT / "functions" / function),
+        "AWS_LAMBDA_FUNCTION_NAME": function,
+        "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:9",
+        "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+    }
+    cold = import_function(
+        REPO_ROOT / "functions" / function, [layers[name] for name in layers_of(function)], env=env
+    )
+    assert "aws_xray_sdk.ext.botocore.patch" in cold.modules
+    assert "wrapt" in {module.split(".")[0] for module in cold.modules}
 
 
 def test_every_aws_client_the_runtime_uses_loads_from_the_pruned_botocore(

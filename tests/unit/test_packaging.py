@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from hatchway_local.apigw_emulator.template import load_template
 from hatchway_local.packaging import (
     FUNCTIONS,
     LOCAL_TOOLING,
@@ -20,14 +21,14 @@ from hatchway_local.packaging import (
     WEBSOCKET_FUNCTIONS,
     function_environment,
     import_function,
+    layers_of,
     normalize,
     read_pins,
 )
 from tests.conftest import REPO_ROOT
 
 RUNTIME = REPO_ROOT / "layers" / "core"
-# The dead-letter queue's consumer: checked here until hatchway_local.packaging lists it
-# (with its template entry); it needs CoreLayer and TriggerLayer (grpcio, for Hatchet).
+# The dead-letter queue's consumer (in FUNCTIONS): CoreLayer and TriggerLayer (grpcio, for Hatchet).
 DLQ_CONSUMER = "dlq_consumer"
 
 
@@ -194,6 +195,15 @@ def test_the_relay_without_its_queue_stops_at_start_naming_it() -> None:
     assert "RUN_QUEUE_URL is required" in result.stderr
 
 
-def test_every_function_is_checked() -> None:
-    checked = (*FUNCTIONS, DLQ_CONSUMER)
-    assert sorted(checked) == sorted(p.name for p in (REPO_ROOT / "functions").iterdir())
+def test_every_function_is_checked_with_the_layers_the_template_gives_it() -> None:
+    assert DLQ_CONSUMER in FUNCTIONS
+    assert sorted(FUNCTIONS) == sorted(p.name for p in (REPO_ROOT / "functions").iterdir())
+    template = load_template(REPO_ROOT / "template.yaml")
+    layer_ids = {"core": "CoreLayer", "trigger": "TriggerLayer"}
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        function = Path(resource["Properties"]["CodeUri"]).name
+        own = [layer["Ref"] for layer in resource["Properties"].get("Layers", [])]
+        given = ["CoreLayer", *own]  # Globals' CoreLayer, then the function's own
+        assert given == [layer_ids[name] for name in layers_of(function)], function

@@ -14,6 +14,7 @@ from .observability import logger
 from .protocol import ProtocolError
 from .settings import AuthorizerSettings, load
 from .tokens import RunTokens, key_source
+from .tracing import annotate_run, capture_handler
 
 
 class TokenAuthorizer:
@@ -54,7 +55,10 @@ def handler() -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
     )
 
     @logger.inject_lambda_context
+    @capture_handler
     def authorize(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
-        return api.authorize(event)
+        allowed = api.authorize(event)
+        annotate_run(allowed["principalId"])  # the token's run (a refused one has none)
+        return allowed
 
     return authorize

@@ -61,6 +61,7 @@ from .protocol import (
 )
 from .settings import DeadLetterSettings, load
 from .store import LeaseLostError, RunRecord, Store, Subscription
+from .tracing import capture_handler, run_subsegment
 
 GAP_REASON = (
     "the relays following this run could not keep it (its message went to the"
@@ -302,7 +303,8 @@ def handle_batch(dead_letters: DeadLetters, event: dict[str, Any]) -> dict[str, 
         receive_count = int((record.get("attributes") or {}).get("ApproximateReceiveCount", 1))
         logger.append_keys(run_id=run_id)  # every line about this record names its run
         try:
-            dead_letters.end(run_id, receive_count)
+            with run_subsegment("## dead letter", run_id):  # its trace names the run
+                dead_letters.end(run_id, receive_count)
             metrics.add_metric(name=RUNS_DEAD_LETTERED, unit=MetricUnit.Count, value=1)
         except (RunHeldError, HatchetUnavailableError, SubscribersUnreachableError) as error:
             logger.warning("dead letter left for a retry", run_id=run_id, reason=str(error))
@@ -344,6 +346,7 @@ def handler() -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
 
     @metrics.log_metrics
     @logger.inject_lambda_context
+    @capture_handler
     def consume(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
         return handle_batch(dead_letters, event)
 

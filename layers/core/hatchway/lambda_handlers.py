@@ -3,6 +3,8 @@ once per execution environment from its own settings model (validated there, at 
 
 Each function's ``app.py`` is one line over these: they parse the event with
 Powertools' ``APIGatewayWebSocketEvent`` and call the core (``websocket.py``).
+Each is traced (``tracing.capture_handler``) and annotates its run (``runId``): the
+message's run for a message, the authorizer's (the connection's token) otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from . import wiring
 from .connections import Connections
 from .observability import logger
+from .protocol import parse_client_message
 from .rate_limit import ConnectionRateLimiter
 from .settings import (
     ConnectionSettings,
@@ -24,6 +27,7 @@ from .settings import (
     SubscribeSettings,
     load,
 )
+from .tracing import annotate_run, capture_handler, tracer
 from .websocket import ConnectionLifecycle, WebSocketApi
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -33,8 +37,10 @@ def connect() -> Handler:
     lifecycle = ConnectionLifecycle(wiring.store(load(ConnectionSettings)))
 
     @logger.inject_lambda_context
+    @capture_handler
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
         connection_id = APIGatewayWebSocketEvent(event).request_context.connection_id
+        annotate_run(_authorized_run(event))
         return lifecycle.connect(connection_id, event["requestContext"].get("authorizer"))
 
     return handler
@@ -44,7 +50,9 @@ def disconnect() -> Handler:
     lifecycle = ConnectionLifecycle(wiring.store(load(ConnectionSettings)))
 
     @logger.inject_lambda_context
+    @capture_handler
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
+        annotate_run(_authorized_run(event))
         return lifecycle.disconnect(APIGatewayWebSocketEvent(event).request_context.connection_id)
 
     return handler
@@ -55,11 +63,32 @@ def _message_handler(api: WebSocketApi) -> Handler:
     gets the protocol's error frame."""
 
     @logger.inject_lambda_context
+    @capture_handler
     def handler(event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
         parsed = APIGatewayWebSocketEvent(event)
-        return api.message(parsed.request_context.connection_id, _body_of(event))
+        body = _body_of(event)
+        if not tracer.disabled:  # the message is parsed again only for the trace
+            annotate_run(_run_of(body) or _authorized_run(event))
+        return api.message(parsed.request_context.connection_id, body)
 
     return handler
+
+
+def _authorized_run(event: dict[str, Any]) -> object:
+    """The run the connection's token was for (the authorizer's context), if any."""
+    authorizer = (event.get("requestContext") or {}).get("authorizer") or {}
+    return authorizer.get("runId") if isinstance(authorizer, dict) else None
+
+
+def _run_of(body: str | bytes | None) -> str | None:
+    """The run a subscribe or unsubscribe names, as the core validates it (None for
+    anything else: the core answers it; a trace annotation never fails a message)."""
+    try:
+        request = parse_client_message(body)
+    except Exception:  # noqa: BLE001 - a bad message is the core's to answer
+        return None
+    run_id = getattr(request, "run_id", None)
+    return run_id if isinstance(run_id, str) else None
 
 
 def _body_of(event: dict[str, Any]) -> str | bytes | None:
