@@ -12,7 +12,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from hatchet_sdk import Context, EmptyModel, Hatchet, NonRetryableException
+from hatchet_sdk import (
+    ConcurrencyExpression,
+    ConcurrencyLimitStrategy,
+    Context,
+    EmptyModel,
+    Hatchet,
+    NonRetryableException,
+)
 from pydantic import BaseModel
 
 from hatchway.payloads import Payloads
@@ -199,6 +206,60 @@ async def never_needed(_input: EmptyModel, _ctx: Context) -> dict[str, bool]:
     return {"ran": True}
 
 
+# -- concurrency limits -------------------------------------------------------------
+
+
+class GroupInput(BaseModel):
+    group: str
+    seconds: float = 0.5
+
+
+def one_per_group(strategy: ConcurrencyLimitStrategy) -> ConcurrencyExpression:
+    return ConcurrencyExpression(expression="input.group", max_runs=1, limit_strategy=strategy)
+
+
+async def hold(input: GroupInput) -> dict[str, str]:  # noqa: A002
+    await asyncio.sleep(input.seconds)
+    return {"group": input.group}
+
+
+round_robin = hatchet.workflow(
+    name="t-conc-rr",
+    input_validator=GroupInput,
+    concurrency=one_per_group(ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN),
+)
+
+
+@round_robin.task()
+async def rr_step(input: GroupInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+    return await hold(input)
+
+
+@round_robin.task(parents=[rr_step])
+async def rr_after(input: GroupInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+    return await hold(input)  # the run's slot is held until its last task ends
+
+
+cancel_in_progress = hatchet.workflow(
+    name="t-conc-cancel-in-progress",
+    input_validator=GroupInput,
+    concurrency=one_per_group(ConcurrencyLimitStrategy.CANCEL_IN_PROGRESS),
+)
+
+
+@cancel_in_progress.task()
+async def cip_step(input: GroupInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+    return await hold(input)
+
+
+cancel_newest = hatchet.workflow(name="t-conc-cancel-newest", input_validator=GroupInput)
+
+
+@cancel_newest.task(concurrency=[one_per_group(ConcurrencyLimitStrategy.CANCEL_NEWEST)])
+async def newest_step(input: GroupInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+    return await hold(input)
+
+
 def main() -> None:
     worker = hatchet.worker(
         "hatchway-test-worker",
@@ -218,6 +279,9 @@ def main() -> None:
             quiet_parent,
             with_on_failure,
             fine_with_on_failure,
+            round_robin,
+            cancel_in_progress,
+            cancel_newest,
         ],
     )
     worker.start()

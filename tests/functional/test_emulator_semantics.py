@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import datetime
 
 import grpc
 import pytest
 from hatchet_sdk import (
-    ConcurrencyExpression,
-    ConcurrencyLimitStrategy,
     Context,
     EmptyModel,
     Hatchet,
@@ -23,6 +22,7 @@ from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
 from hatchet_sdk.clients.rest.models.v1_workflow_run_details import V1WorkflowRunDetails
 from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 
+from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.functional.conftest import RawEvents
 from tests.functional.test_hatchet_emulator import collect, describe, result_of, start
@@ -202,31 +202,92 @@ async def test_the_on_failure_task_is_skipped_when_nothing_fails(hatchet: Hatche
 async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     hatchet: Hatchet,
 ) -> None:
-    limited = hatchet.workflow(
-        name="t-limited",
-        concurrency=ConcurrencyExpression(
-            expression="input.group",
-            max_runs=1,
-            limit_strategy=ConcurrencyLimitStrategy.CANCEL_IN_PROGRESS,
-        ),
-    )
+    unsupported = hatchet.workflow(name="t-unsupported", on_crons=["*/5 * * * *"])
 
-    @limited.task()
+    @unsupported.task()
     async def step(_input: EmptyModel, _ctx: Context) -> None:
         return None
 
-    @limited.durable_task()
+    @unsupported.durable_task()
     async def durable(_input: EmptyModel, _ctx: Context) -> None:
         return None
 
     with pytest.raises(grpc.RpcError) as refused:
         # what a worker sends when it registers the workflow
-        await hatchet._client.admin.aio_put_workflow(limited.to_proto())
+        await hatchet._client.admin.aio_put_workflow(unsupported.to_proto())
 
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     details = refused.value.details() or ""
-    assert "'t-limited'" in details
-    assert "workflow-level concurrency limits" in details
+    assert "'t-unsupported'" in details
+    assert "cron triggers" in details
     assert "durable tasks (task 'durable')" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
-        await start(hatchet, "t-limited")
+        await start(hatchet, "t-unsupported")
+
+
+# -- concurrency limits ------------------------------------------------------------------
+
+
+async def wait_until_running(emulator: HatchetEmulator, run_id: str) -> None:
+    """Until the run's first task has started on the worker (the engine has no event for it)."""
+    engine = emulator.engine
+    while not any(t.status is Status.RUNNING for t in engine.get_run(run_id).tasks.values()):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def spans(hatchet: Hatchet, run_id: str) -> tuple[datetime, datetime]:
+    """When the run's first task started and its last task finished, per the REST API."""
+    tasks = (await hatchet.runs.aio_get(run_id)).tasks
+    starts = [t.started_at for t in tasks if t.started_at is not None]
+    ends = [t.finished_at for t in tasks if t.finished_at is not None]
+    return min(starts), max(ends)
+
+
+async def test_round_robin_runs_one_run_per_key_at_a_time_and_keys_apart(
+    hatchet: Hatchet,
+) -> None:
+    runs = [
+        await start(hatchet, "t-conc-rr", {"group": group, "seconds": 0.3})
+        for group in ("A", "A", "A", "B")
+    ]
+
+    results = await asyncio.gather(*(result_of(hatchet, run_id) for run_id in runs))
+
+    assert [r["rr_after"]["group"] for r in results] == ["A", "A", "A", "B"]
+    a1, a2, a3, b = [await spans(hatchet, run_id) for run_id in runs]
+    # A's runs hold the one slot of key "A" from their first task to their last: in turn.
+    assert a1[1] <= a2[0]
+    assert a2[1] <= a3[0]
+    assert b[0] < a1[1]  # key "B" has a slot of its own: it did not wait for A's runs
+
+
+async def test_cancel_in_progress_cancels_the_older_run_of_a_key(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    older = await start(hatchet, "t-conc-cancel-in-progress", {"group": "A", "seconds": 30})
+    await wait_until_running(emulator, older)
+    other_key = await start(hatchet, "t-conc-cancel-in-progress", {"group": "B", "seconds": 0})
+    newer = await start(hatchet, "t-conc-cancel-in-progress", {"group": "A", "seconds": 0})
+
+    assert await result_of(hatchet, newer) == {"cip_step": {"group": "A"}}
+    assert await result_of(hatchet, other_key) == {"cip_step": {"group": "B"}}
+    with pytest.raises(FailedTaskRunExceptionGroup) as cancelled:
+        await result_of(hatchet, older)
+    assert "CANCELLED_BY_CONCURRENCY_LIMIT" in str(cancelled.value.exceptions[0])
+    assert (await hatchet.runs.aio_get(older)).run.status == V1TaskStatus.CANCELLED
+
+
+async def test_cancel_newest_at_task_level_cancels_the_newcomer(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    first = await start(hatchet, "t-conc-cancel-newest", {"group": "A", "seconds": 1})
+    await wait_until_running(emulator, first)
+    newcomer = await start(hatchet, "t-conc-cancel-newest", {"group": "A", "seconds": 0})
+
+    with pytest.raises(FailedTaskRunExceptionGroup) as cancelled:
+        await result_of(hatchet, newcomer)
+    assert "CANCELLED_BY_CONCURRENCY_LIMIT" in str(cancelled.value.exceptions[0])
+    assert await result_of(hatchet, first) == {"newest_step": {"group": "A"}}
+    # The slot is free again once the first run ended: the next newcomer runs.
+    later = await start(hatchet, "t-conc-cancel-newest", {"group": "A", "seconds": 0})
+    assert await result_of(hatchet, later) == {"newest_step": {"group": "A"}}

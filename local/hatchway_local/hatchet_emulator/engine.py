@@ -40,13 +40,8 @@ from typing import Any
 
 from hatchway.observability import logger
 
-
-class EngineError(Exception):
-    """A request the engine refuses; ``code`` names the gRPC status to answer with."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
+from .errors import EngineError
 
 
 class Status(StrEnum):
@@ -95,6 +90,7 @@ class TaskSpec:
     backoff_max_s: float | None = None
     on_failure: bool = False  # the workflow's on-failure task (its parents are all other tasks)
     schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
+    concurrency: tuple[ConcurrencyLimit, ...] = ()  # task-level limits
 
     @property
     def timeout_s(self) -> float | None:
@@ -111,6 +107,7 @@ class WorkflowSpec:
     tasks: dict[str, TaskSpec]
     event_triggers: tuple[str, ...] = ()
     default_priority: int | None = None
+    concurrency: tuple[ConcurrencyLimit, ...] = ()  # workflow-level limits: a slot per run
     workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     version_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -136,6 +133,8 @@ class TaskRun:
     timeout_handle: asyncio.TimerHandle | None = None
     schedule_handle: asyncio.TimerHandle | None = None
     next_stream_index: int = 0
+    slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its task-level concurrency keys
+    admitted: bool = True  # holds a slot of each key (or has no limits)
 
     @property
     def failed(self) -> bool:
@@ -186,7 +185,9 @@ class WorkflowRun:
     tasks: dict[str, TaskRun] = field(default_factory=dict)
     failures: list[TaskRun] = field(default_factory=list)  # tasks failed for good, in order
     task_events: list[TaskEvent] = field(default_factory=list)
-    cancelled: bool = False  # the whole run was cancelled
+    cancel_reason: str | None = None  # set when the whole run was cancelled
+    slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its workflow-level concurrency keys
+    admitted: bool = True  # holds a slot of each key (or has no limits)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -293,6 +294,7 @@ class Engine:
         self._run_created = asyncio.Condition()
         self._children: dict[tuple[str, str], str] = {}  # (parent task, index or key) -> run id
         self._event_ids = 0
+        self._limiter = Limiter()
         self._queued = 0  # arrival order, the tie-break between runs of one priority
         self._janitor: asyncio.Task[None] | None = None
 
@@ -331,6 +333,7 @@ class Engine:
                 spec.tasks,
                 spec.event_triggers,
                 spec.default_priority,
+                spec.concurrency,
                 workflow_id=previous.workflow_id,
             )
         self.workflows[spec.name] = spec
@@ -375,6 +378,9 @@ class Engine:
             child_index=child_index,
             child_key=child_key,
         )
+        if workflow.concurrency:  # a key that cannot be evaluated refuses the trigger
+            run.slots = Limiter.keys(workflow.name, workflow.concurrency, _key_variables(run))
+            run.admitted = False
         for spec in workflow.tasks.values():
             task = TaskRun(spec=spec, run=run)
             run.tasks[spec.readable_id] = task
@@ -383,9 +389,11 @@ class Engine:
         if child_slot is not None:
             self._children[child_slot] = run.run_id
         logger.debug("run created", run_id=run.run_id, workflow=name)
+        victims = self._limiter.arrive(run) if run.slots else []
         for task in run.tasks.values():
             if not task.spec.parents and not task.spec.on_failure:
                 self._create(task, Status.QUEUED)
+        self._cancel_for_concurrency(victims)
         self._dispatch()
         async with self._run_created:
             self._run_created.notify_all()
@@ -421,15 +429,15 @@ class Engine:
             raise EngineError("NOT_FOUND", f"workflow run {run_id!r} not found")
         return run
 
-    def cancel_run(self, run_id: str) -> list[str]:
+    def cancel_run(self, run_id: str, reason: str = "run was cancelled") -> list[str]:
         """Cancel every task of a run; returns the external ids of the tasks it cancelled."""
         run = self.get_run(run_id)
         if run.status.is_final:
             return []
-        run.cancelled = True
+        run.cancel_reason = reason
         cancelled = [task.external_id for task in run.created_tasks if not task.status.is_final]
         for task in run.created_tasks:
-            self._cancel_task(task, "run was cancelled", settle=False)
+            self._cancel_task(task, reason, settle=False)
         self._settle(run)  # tasks not created yet follow their cancelled parents
         return cancelled
 
@@ -549,6 +557,7 @@ class Engine:
         task.output = output  # "" when the task returned None: it has no output
         task.finished_at = utcnow()
         self._release(task)
+        self._free_slots(task)
         self._record(task, "FINISHED", output=output)
         self._emit(
             RunEvent(
@@ -717,7 +726,10 @@ class Engine:
         task.created_at = utcnow()
         run = task.run
         if state is Status.QUEUED:
-            self._enqueue(task)
+            if task.spec.concurrency:
+                self._take_slots(task)
+            if not task.status.is_final:
+                self._enqueue(task)
             return
         task.status = state
         task.finished_at = task.created_at
@@ -769,6 +781,7 @@ class Engine:
         if task.status in (Status.ASSIGNED, Status.RUNNING):
             self._send_cancel(task)
         self._release(task)
+        self._free_slots(task)
         task.status = Status.CANCELLED
         task.cancel_reason = reason
         task.finished_at = utcnow()
@@ -833,7 +846,42 @@ class Engine:
 
     def _assignable(self, task: TaskRun) -> bool:
         """Whether a queued task may be assigned now (what holds it back besides workers)."""
-        return task.run.workflow.name not in self.paused_workflows
+        return (
+            task.run.admitted
+            and task.admitted
+            and task.run.workflow.name not in self.paused_workflows
+        )
+
+    # -- concurrency limits ------------------------------------------------------------
+
+    def _take_slots(self, task: TaskRun) -> None:
+        """A task with task-level limits queues for their slots (or fails on a bad key)."""
+        run = task.run
+        try:
+            task.slots = Limiter.keys(
+                f"{run.workflow.name}/{task.spec.readable_id}",
+                task.spec.concurrency,
+                _key_variables(run),
+            )
+        except EngineError as error:
+            task.status = Status.ASSIGNED  # an attempt that cannot start: it fails for good
+            self._end_attempt(task, Status.FAILED, str(error), retryable=False)
+            return
+        task.admitted = False
+        self._cancel_for_concurrency(self._limiter.arrive(task))
+
+    def _cancel_for_concurrency(self, victims: list[Any]) -> None:
+        for victim in victims:
+            if isinstance(victim, WorkflowRun):
+                self.cancel_run(victim.run_id, CANCELLED_BY_CONCURRENCY_LIMIT)
+            else:
+                self._cancel_task(victim, CANCELLED_BY_CONCURRENCY_LIMIT)
+        self._limiter.admit()
+
+    def _free_slots(self, holder: TaskRun | WorkflowRun) -> None:
+        if holder.slots:
+            self._limiter.release(holder)
+            self._limiter.admit()
 
     def _arm_timeout(self, task: TaskRun, seconds: float) -> None:
         self._clear_timeout(task)
@@ -900,6 +948,7 @@ class Engine:
         task.status = status
         task.error = error
         task.finished_at = utcnow()
+        self._free_slots(task)
         run.failures.append(task)
         self._settle(run)
         self._dispatch()
@@ -932,15 +981,25 @@ class Engine:
             status, error = first.status, first.error
         elif any(task.status is Status.CANCELLED for task in run.tasks.values()):
             status = Status.CANCELLED
-            error = "run was cancelled" if run.cancelled else "a task was cancelled"
+            error = run.cancel_reason or "a task was cancelled"
         else:
             status, error = Status.COMPLETED, None
         run.status = status
         run.error = error
         run.finished_at = utcnow()
+        self._free_slots(run)
         payload = json.dumps(run.output) if status is Status.COMPLETED else (error or "")
         self._emit(
             RunEvent(run.run_id, "WORKFLOW_RUN", status.value, run.run_id, payload, hangup=True)
         )
         run.done.set()
         logger.debug("run finished", run_id=run.run_id, status=status.value)
+
+
+def _key_variables(run: WorkflowRun) -> dict[str, Any]:
+    """What a concurrency key's CEL expression can read."""
+    return {
+        "input": run.input,
+        "additional_metadata": run.additional_metadata,
+        "workflow_run_id": run.run_id,
+    }

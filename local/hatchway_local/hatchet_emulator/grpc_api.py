@@ -20,11 +20,11 @@ import grpc
 from hatchway.observability import logger
 
 from . import contracts
+from .concurrency import ConcurrencyLimit
 from .engine import (
     BROKEN,
     Assignment,
     Engine,
-    EngineError,
     EventSubscription,
     RunEvent,
     Status,
@@ -33,6 +33,7 @@ from .engine import (
     WorkflowRun,
     WorkflowSpec,
 )
+from .errors import EngineError
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
 # below v0.78.23 workers fall back to a legacy registration that it fails on
@@ -485,6 +486,10 @@ class HatchetServices:
                 tasks=tasks,
                 event_triggers=tuple(request.event_triggers),
                 default_priority=_optional(request, "default_priority") or None,
+                concurrency=_limits(
+                    [request.concurrency] if request.HasField("concurrency") else []
+                )
+                + _limits(request.concurrency_arr),
             )
         )
         return self._m("v1.CreateWorkflowVersionResponse")(
@@ -526,19 +531,40 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         backoff_max_s=_optional(task, "backoff_max_seconds"),
         on_failure=on_failure,
         schedule_timeout=task.schedule_timeout,
+        concurrency=_limits(task.concurrency),
+    )
+
+
+def _limits(messages: Any) -> tuple[ConcurrencyLimit, ...]:
+    return tuple(
+        ConcurrencyLimit(
+            expression=message.expression,
+            max_runs=_optional(message, "max_runs") or 1,
+            strategy=contracts.enum_name("v1.ConcurrencyLimitStrategy", message.limit_strategy),
+        )
+        for message in messages
     )
 
 
 # What the emulator does not carry out, as (feature, test on the request or on a task).
 _UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
-    ("workflow-level concurrency limits", lambda w: w.HasField("concurrency") or w.concurrency_arr),
+    (
+        "concurrency limits scoped to the tenant or with a max_runs expression",
+        lambda w: any(
+            c.is_tenant_scoped or c.max_runs_expression
+            for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
+        ),
+    ),
     ("cron triggers", lambda w: bool(w.cron_triggers)),
     ("sticky worker assignment", lambda w: w.HasField("sticky")),
     ("default event filters", lambda w: bool(w.default_filters)),
     ("idempotency keys", lambda w: w.HasField("idempotency")),
 )
 _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
-    ("task-level concurrency limits", lambda t: bool(t.concurrency)),
+    (
+        "concurrency limits scoped to the tenant or with a max_runs expression",
+        lambda t: any(c.is_tenant_scoped or c.max_runs_expression for c in t.concurrency),
+    ),
     (
         "wait_for / skip_if / cancel_if conditions",
         lambda t: bool(

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .engine import EngineError, Status, TaskEvent, TaskRun, WorkflowRun
+from .engine import Status, TaskEvent, TaskRun, WorkflowRun
+from .errors import EngineError
 from .grpc_api import bearer_matches, run_status_name
 
 if TYPE_CHECKING:
