@@ -96,14 +96,14 @@ async def test_dag_children_start_when_all_parents_completed(engine: Engine) -> 
 
     assert next_task() == "a"
     assert worker.assignments.empty()
-    engine.task_completed(run.tasks["a"].external_id, "1")
+    engine.task_completed(run.tasks["a"].external_id, '{"n": 1}')
     assert next_task() == "b"
     assert worker.assignments.empty()
-    engine.task_completed(run.tasks["b"].external_id, "2")
+    engine.task_completed(run.tasks["b"].external_id, '{"n": 2}')
     assert next_task() == "c"
-    engine.task_completed(run.tasks["c"].external_id, "3")
+    engine.task_completed(run.tasks["c"].external_id, "")  # the task returned None
     assert run.status is Status.COMPLETED
-    assert run.output == {"a": 1, "b": 2, "c": 3}
+    assert run.output == {"a": {"n": 1}, "b": {"n": 2}}  # a task without output has none
 
 
 async def test_events_go_to_live_subscribers_only_and_end_with_hangup(engine: Engine) -> None:
