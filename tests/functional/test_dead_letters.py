@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -200,3 +201,20 @@ async def test_a_dead_lettered_run_ends_with_a_gap_and_its_status_and_its_subscr
 
     assert await asyncio.to_thread(again) == {"batchItemFailures": []}
     assert len(store.read_frames(run_id)) == 3
+
+
+@pytest.mark.parametrize("sample", ["dlq_consumer", "dlq_consumer_not_a_run"])
+async def test_the_sample_events_through_the_handler_are_dropped_when_there_is_nothing_to_end(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, sample: str
+) -> None:
+    """events/'s samples (``sam local invoke DlqConsumerFunction -e``): a run the table
+    does not have (expired) and a message that names no run are dropped, not retried."""
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    text = (REPO_ROOT / "events" / f"{sample}.json").read_text()
+    event = json.loads(text.replace("RUN_ID", str(uuid.uuid4())))  # no such run
+
+    def consume() -> dict[str, Any]:
+        return dead_letters.handler()(event, Context())  # type: ignore[arg-type]
+
+    assert await asyncio.to_thread(consume) == {"batchItemFailures": []}

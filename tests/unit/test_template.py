@@ -169,6 +169,8 @@ def test_globals_apply_to_every_function() -> None:
     assert GLOBAL_FUNCTION["Environment"]["Variables"] == {
         "TABLE_NAME": {"Ref": "HatchwayTable"},
         "POWERTOOLS_SERVICE_NAME": "hatchway",
+        # the stack's own metrics namespace (test_observability_template.py)
+        "POWERTOOLS_METRICS_NAMESPACE": {"Fn::Sub": "Hatchway/${AWS::StackName}"},
         "FRAME_RETENTION_SECONDS": {"Ref": "FrameRetentionSeconds"},
     }
 

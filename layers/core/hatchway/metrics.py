@@ -2,9 +2,13 @@
 
 The template's alarms, dashboard and scaling policy use these constants, and the
 tests check the code emits them (``tests/unit/test_observability_template.py``).
-Every metric is in namespace ``Hatchway`` with one dimension, ``service`` (the
-process: ``relay``, ``trigger``, ``dlq_consumer``): minimal and stable, so an
-alarm names exactly what is emitted.
+Every metric has one dimension, ``service`` (the process: ``relay``, ``trigger``,
+``dlq_consumer``): minimal and stable, so an alarm names exactly what is emitted.
+The namespace is the stack's own: the template sets ``POWERTOOLS_METRICS_NAMESPACE``
+to ``Hatchway/<stack name>`` for every function and the relay (and its alarms,
+dashboard and scaling read that namespace), so two stacks in one account and
+region never merge their metrics; without the variable (tests, the local stack)
+it is ``Hatchway`` (:func:`namespace`).
 
 The relay is a long-lived process: :class:`RelayMetrics` keeps counters in memory
 (the hot path only adds to a dict) and :meth:`RelayMetrics.flush` prints them as
@@ -18,6 +22,7 @@ here too: the relay's ``run finished`` line says what each chunk cost.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Final
 
@@ -29,7 +34,9 @@ from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
 
 __all__ = ["MetricUnit", "Metrics"]  # re-exported for the functions
 
-NAMESPACE: Final = "Hatchway"
+NAMESPACE: Final = "Hatchway"  # without NAMESPACE_VARIABLE (tests, the local stack)
+NAMESPACE_VARIABLE: Final = "POWERTOOLS_METRICS_NAMESPACE"  # Powertools' own; the template's
+STACK_NAMESPACE: Final = "Hatchway/${AWS::StackName}"  # what the template sets it to (Fn::Sub)
 DIMENSION: Final = "service"  # Powertools' default dimension, the only one
 SERVICE_RELAY: Final = "relay"
 SERVICE_TRIGGER: Final = "trigger"
@@ -102,6 +109,12 @@ def usd_per_chunk(*, chunks: int, message_units: int, write_units: int) -> float
     return usd / max(1, chunks)
 
 
+def namespace() -> str:
+    """This process's metrics namespace: the stack's (``Hatchway/<stack>``, from the
+    template), else ``Hatchway``. Read when a function's or the relay's metrics are made."""
+    return os.environ.get(NAMESPACE_VARIABLE) or NAMESPACE
+
+
 def function_metrics(service: str) -> Metrics:
     """A function's metrics, for ``@metrics.log_metrics`` (flushed per invocation).
 
@@ -112,10 +125,10 @@ def function_metrics(service: str) -> Metrics:
         dimension_set={},
         metadata_set={},
         default_dimensions={},
-        namespace=NAMESPACE,
+        namespace=namespace(),
         service=service,
     )
-    return Metrics(namespace=NAMESPACE, service=service, provider=provider)
+    return Metrics(namespace=provider.namespace, service=service, provider=provider)
 
 
 class RelayMetrics:
