@@ -53,6 +53,8 @@ def test_websocket_functions_import_neither_hatchet_grpc_nor_fastapi(function: s
     for heavy in (*NOT_IN_WEBSOCKET_FUNCTIONS, *LOCAL_TOOLING, "hatchway.client"):
         assert not loaded(cold.modules, heavy), f"{function} imports {heavy}"
     assert loaded(cold.modules, "hatchway")
+    # Tracing is off outside Lambda: no X-Ray recorder (and its two sampling clients).
+    assert not loaded(cold.modules, "aws_xray_sdk.core"), f"{function} imports the recorder"
 
 
 def test_the_trigger_starts_runs_without_hatchet_sdk() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aws_lambda_powertools import Tracer
 
 from hatchway import authorizer, dead_letters, lambda_handlers, tracing
 from hatchway.observability import logger
@@ -91,6 +92,27 @@ def test_tracing_is_off_outside_lambda_and_every_call_is_harmless() -> None:
         return {"ok": True}
 
     assert handler({}, Context()) == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("variables", "on"),
+    [
+        ({}, False),  # the tests, the local stack
+        ({"LAMBDA_TASK_ROOT": "/var/task"}, True),  # Lambda
+        ({"LAMBDA_TASK_ROOT": "/var/task", "POWERTOOLS_TRACE_DISABLED": "true"}, False),
+        ({"LAMBDA_TASK_ROOT": "/var/task", "POWERTOOLS_TRACE_DISABLED": "0"}, True),
+        ({"LAMBDA_TASK_ROOT": "/var/task", "AWS_SAM_LOCAL": "true"}, False),  # sam local
+    ],
+)
+def test_tracing_is_on_where_powertools_would_trace(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], on: bool
+) -> None:
+    for name in ("LAMBDA_TASK_ROOT", "POWERTOOLS_TRACE_DISABLED", "AWS_SAM_LOCAL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert tracing.tracing_on() is on
+    assert bool(Tracer._is_tracer_disabled()) is not on  # Powertools' own rule
 
 
 def authorizer_handler(monkeypatch: pytest.MonkeyPatch) -> Any:
