@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from hatchway.payloads import Payloads
 from hatchway_local.demo.workflows import build_demo_workflows
+from tests.functional.rest_workflows import build_rest_workflows
 
 hatchet = Hatchet()
 
@@ -282,6 +283,7 @@ def main() -> None:
             round_robin,
             cancel_in_progress,
             cancel_newest,
+            *build_rest_workflows(hatchet),
         ],
     )
     worker.start()

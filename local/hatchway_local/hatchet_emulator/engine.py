@@ -42,6 +42,7 @@ from hatchway.observability import logger
 
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
+from .event_filters import EventFilter, PushedEvent, decisions, key_matches
 
 
 class Status(StrEnum):
@@ -286,6 +287,11 @@ class Engine:
         self.workers: dict[str, Worker] = {}
         self.faults = SubscriptionFaults()
         self.paused_workflows: set[str] = set()  # their queued tasks wait (REST workflow pause)
+        self.paused_queue_ttls: dict[str, float] = {}  # paused workflow -> queued-task TTL (s)
+        self._pause_timer: asyncio.TimerHandle | None = None
+        self.events: list[PushedEvent] = []  # pushed events, oldest first (REST events list)
+        self.event_filters: dict[str, EventFilter] = {}
+        self.filter_payloads: dict[str, dict[str, Any]] = {}  # run id -> its filter's payload
         # (-priority, arrival, task): the real engine assigns higher priorities first.
         self._queue: list[tuple[int, int, TaskRun]] = []
         self._subscriptions: set[EventSubscription] = set()
@@ -400,13 +406,32 @@ class Engine:
         return run
 
     async def push_event(
-        self, key: str, payload: dict[str, Any], additional_metadata: dict[str, Any]
+        self,
+        key: str,
+        payload: dict[str, Any],
+        additional_metadata: dict[str, Any],
+        *,
+        scope: str | None = None,
+        priority: int | None = None,
     ) -> str:
-        """An event pushed by a client: starts every workflow that has ``key`` as a trigger."""
+        """An event pushed by a client, recorded for the events list: starts each workflow
+        with a trigger matching ``key`` as its filters decide (see ``event_filters``). Each
+        run's metadata gains ``hatchet__event_id`` / ``hatchet__event_key`` and loses other
+        ``hatchet__`` keys (``TriggeredByEvent.ToMetadata``, pkg/repository/trigger.go)."""
+        event = PushedEvent(key, payload, additional_metadata, scope or None)
+        self.events.append(event)
+        metadata = {k: v for k, v in additional_metadata.items() if not k.startswith("hatchet__")}
+        metadata |= {"hatchet__event_id": event.event_id, "hatchet__event_key": key}
+        filters = list(self.event_filters.values())
         for workflow in list(self.workflows.values()):
-            if key in workflow.event_triggers:
-                await self.trigger(workflow.name, payload, additional_metadata)
-        return str(uuid.uuid4())
+            if not any(key_matches(trigger, key) for trigger in workflow.event_triggers):
+                continue
+            for decision in decisions(filters, workflow.workflow_id, event):
+                run = await self.trigger(workflow.name, payload, dict(metadata), priority=priority)
+                if decision.payload is not None:  # set before the worker is sent the task
+                    self.filter_payloads[run.run_id] = decision.payload
+                event.triggered.append((run.run_id, decision.filter_id))
+        return event.event_id
 
     async def wait_for_run(self, run_id: str, timeout_s: float) -> WorkflowRun | None:
         """The run, waiting up to ``timeout_s`` for it to be created (as the engine does)."""
@@ -686,6 +711,157 @@ class Engine:
         code = self.faults.refuse_code if now < self.faults.refuse_until else None
         delay = self.faults.delay_s if now < self.faults.delay_until else 0.0
         return code, delay
+
+    # -- REST catalog: events, filters, replay, pause ----------------------------------
+
+    def triggers_of(self, run: WorkflowRun) -> dict[str, Any]:
+        """The ``triggers`` of a task's action payload: the filter payload of the filter that
+        started the run, or null (``ToV1StepRunData``, pkg/repository/input.go)."""
+        return {"filter_payload": self.filter_payloads.get(run.run_id)}
+
+    def workflow_by_id(self, workflow_id: str) -> WorkflowSpec:
+        for workflow in self.workflows.values():
+            if workflow.workflow_id == workflow_id:
+                return workflow
+        raise EngineError("NOT_FOUND", f"workflow {workflow_id!r} not found")
+
+    def create_filter(
+        self, workflow_id: str, scope: str, expression: str, payload: dict[str, Any]
+    ) -> EventFilter:
+        self.workflow_by_id(workflow_id)
+        event_filter = EventFilter(workflow_id, scope, expression, payload)
+        self.event_filters[event_filter.filter_id] = event_filter
+        return event_filter
+
+    def get_filter(self, filter_id: str) -> EventFilter:
+        event_filter = self.event_filters.get(filter_id)
+        if event_filter is None:
+            raise EngineError("NOT_FOUND", f"filter {filter_id!r} not found")
+        return event_filter
+
+    def update_filter(
+        self,
+        filter_id: str,
+        *,
+        scope: str | None = None,
+        expression: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> EventFilter:
+        event_filter = self.get_filter(filter_id)
+        if scope is not None:
+            event_filter.scope = scope
+        if expression is not None:
+            event_filter.expression = expression
+        if payload is not None:
+            event_filter.payload = payload
+        event_filter.updated_at = utcnow()
+        return event_filter
+
+    def delete_filter(self, filter_id: str) -> EventFilter:
+        event_filter = self.get_filter(filter_id)
+        del self.event_filters[filter_id]
+        return event_filter
+
+    def pause_workflow(self, name: str, queue_ttl_s: float | None) -> None:
+        """Hold the workflow's queued tasks back; with a TTL, a task queued longer than it
+        is cancelled while the pause lasts (``ListExpiredPausedWorkflowQueueItems`` in
+        pkg/repository/sqlcv1/queue.sql, internal/services/controllers/task/
+        process_paused_workflow_ttl.go)."""
+        self.paused_workflows.add(name)
+        self.paused_queue_ttls.pop(name, None)
+        if queue_ttl_s is not None:
+            self.paused_queue_ttls[name] = queue_ttl_s
+            self._expire_paused_queue()
+
+    def unpause_workflow(self, name: str) -> None:
+        self.paused_workflows.discard(name)
+        self.paused_queue_ttls.pop(name, None)
+        self._dispatch()
+
+    def _expire_paused_queue(self) -> None:
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+        self._pause_timer = None
+        now = utcnow()
+        for task in list(self.tasks.values()):
+            ttl = self.paused_queue_ttls.get(task.run.workflow.name)
+            if (
+                ttl is not None
+                and task.created
+                and task.status is Status.QUEUED
+                and task.created_at is not None
+                and (now - task.created_at).total_seconds() >= ttl
+            ):
+                self._cancel_task(task, "paused workflow queue item TTL expired.")
+        if self.paused_queue_ttls:
+            self._pause_timer = asyncio.get_running_loop().call_later(
+                0.25, self._expire_paused_queue
+            )
+
+    def replay(self, external_ids: list[str]) -> list[str]:
+        """Re-run tasks (a run's id: all of its tasks) with ``retry_count`` one higher. Each
+        task's dependents in the DAG run again after it; a run with a task still queued or
+        running, or with tasks not created yet, is left alone (``ReplayTasks`` in
+        pkg/repository/task.go: its preflight checks and ``ListTasksForReplay``)."""
+        requested: dict[str, tuple[WorkflowRun, set[str]]] = {}
+        for external_id in external_ids:
+            task = self.tasks.get(external_id)
+            run = task.run if task is not None else self.runs.get(external_id)
+            if run is None:
+                continue
+            names = requested.setdefault(run.run_id, (run, set()))[1]
+            names.update([task.spec.readable_id] if task is not None else run.tasks)
+        replayed: list[str] = []
+        for run, names in requested.values():
+            replayed += self._replay_run(run, names)
+        self._dispatch()
+        return replayed
+
+    def _replay_run(self, run: WorkflowRun, names: set[str]) -> list[str]:
+        subtree = set(names)
+        grew = True
+        while grew:  # every task below a replayed one runs again
+            grew = False
+            for name, task in run.tasks.items():
+                if (
+                    name not in subtree
+                    and not task.spec.on_failure
+                    and any(parent in subtree for parent in task.spec.parents)
+                ):
+                    subtree.add(name)
+                    grew = True
+        tasks = [run.tasks[name] for name in subtree]
+        if not all(t.created for t in run.tasks.values()) or not all(
+            t.status.is_final for t in tasks
+        ):
+            logger.info("replay skipped: the run has unfinished tasks", run_id=run.run_id)
+            return []
+        others_replayed = any(not t.spec.on_failure for t in tasks)
+        for task in tasks:
+            self._clear_timers(task)
+            task.retry_count += 1
+            task.status = Status.QUEUED
+            task.output = task.error = task.cancel_reason = None
+            task.skipped = task.started_event_sent = False
+            task.started_at = task.finished_at = task.worker_id = None
+            task.not_before = 0.0
+            # a task whose parent runs again (or the on-failure task, when other tasks
+            # do) waits to be created by them, as when the run began
+            waits = any(p in subtree for p in task.spec.parents) or (
+                task.spec.on_failure and others_replayed
+            )
+            task.created = False
+            task.created_at = None if waits else task.created_at
+        run.failures = [t for t in run.failures if t.spec.readable_id not in subtree]
+        run.status = Status.QUEUED
+        run.error = None
+        run.finished_at = None
+        run.done.clear()
+        for task in tasks:
+            if task.created_at is not None:  # the replay's roots are queued now
+                self._create(task, Status.QUEUED)
+        self._settle(run)
+        return [run.tasks[name].external_id for name in names]
 
     # -- internals ---------------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+"""Workflows for the REST catalog tests (tests/functional/test_emulator_rest.py): an
+event-triggered task that returns its filter payload, a task that fails on its first
+attempt only (replay), a DAG whose second task fails until replayed, and a task to pause."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hatchet_sdk import Context, EmptyModel, Hatchet
+
+REST_EVENT_KEY = "t-rest:created"
+REST_WILDCARD_KEY = "t-rest-sub:*"
+
+
+def build_rest_workflows(hatchet: Hatchet) -> list[Any]:
+    on_event = hatchet.workflow(name="t-rest-event", on_events=[REST_EVENT_KEY, REST_WILDCARD_KEY])
+
+    @on_event.task()
+    async def echo_filter(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+        return dict(ctx.filter_payload)
+
+    @hatchet.task(name="t-rest-first-try-fails")
+    async def first_try_fails(_input: EmptyModel, ctx: Context) -> dict[str, int]:
+        if ctx.retry_count == 0:
+            raise ValueError("fails on its first attempt")
+        return {"attempt": ctx.attempt_number}
+
+    chain = hatchet.workflow(name="t-rest-chain")
+
+    @chain.task()
+    async def head(_input: EmptyModel, ctx: Context) -> dict[str, int]:
+        return {"retry": ctx.retry_count}
+
+    @chain.task(parents=[head])
+    async def middle(_input: EmptyModel, ctx: Context) -> dict[str, int]:
+        if ctx.retry_count == 0:
+            raise ValueError("middle fails until replayed")
+        return {"retry": ctx.retry_count}
+
+    @chain.task(parents=[middle])
+    async def tail(_input: EmptyModel, ctx: Context) -> dict[str, int]:
+        return {"retry": ctx.retry_count}
+
+    @hatchet.task(name="t-rest-pausable")
+    async def pausable(_input: EmptyModel, _ctx: Context) -> dict[str, str]:
+        return {"result": "done"}
+
+    return [on_event, first_try_fails, chain, pausable]
