@@ -19,6 +19,10 @@ from hatchet_sdk import (
     EmptyModel,
     Hatchet,
     NonRetryableException,
+    ParentCondition,
+    SleepCondition,
+    UserEventCondition,
+    or_,
 )
 from pydantic import BaseModel
 
@@ -261,6 +265,91 @@ async def newest_step(input: GroupInput, _ctx: Context) -> dict[str, str]:  # no
     return await hold(input)
 
 
+# -- conditions ---------------------------------------------------------------------
+
+
+class Number(BaseModel):
+    n: int
+
+
+conditioned = hatchet.workflow(name="t-conditions")
+
+
+@conditioned.task()
+async def pick(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=5)
+
+
+@conditioned.task(parents=[pick], wait_for=[SleepCondition(timedelta(seconds=1))])
+async def after_a_nap(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=1)
+
+
+@conditioned.task(parents=[pick], skip_if=[ParentCondition(parent=pick, expression="output.n > 3")])
+async def skipped_when_big(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=100)  # never: pick's n is 5
+
+
+@conditioned.task(
+    parents=[pick], skip_if=[ParentCondition(parent=pick, expression="output.n > 10")]
+)
+async def kept_when_small(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=10)
+
+
+@conditioned.task(
+    parents=[pick],
+    wait_for=[
+        or_(
+            SleepCondition(timedelta(minutes=5)),
+            UserEventCondition(event_key="t-conditions:go", expression="input.ok == true"),
+        )
+    ],
+)
+async def on_the_event(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=1000)
+
+
+@conditioned.task(
+    parents=[pick],
+    wait_for=[SleepCondition(timedelta(minutes=5))],
+    skip_if=[UserEventCondition(event_key="t-conditions:skip")],
+)
+async def skipped_by_event(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=10_000)  # never: the skip event comes first
+
+
+@conditioned.task(
+    parents=[after_a_nap, skipped_when_big, kept_when_small, on_the_event, skipped_by_event]
+)
+async def total(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+    parents = [after_a_nap, skipped_when_big, kept_when_small, on_the_event, skipped_by_event]
+    return {
+        "sum": sum(ctx.task_output(p).n for p in parents if not ctx.was_skipped(p)),
+        "skipped": sorted(p.name for p in parents if ctx.was_skipped(p)),
+    }
+
+
+cancelled_by_condition = hatchet.workflow(name="t-cancel-if")
+
+
+@cancelled_by_condition.task()
+async def measure(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=2)
+
+
+@cancelled_by_condition.task(
+    parents=[measure], cancel_if=[ParentCondition(parent=measure, expression="output.n > 1")]
+)
+async def too_much(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=0)  # never
+
+
+@cancelled_by_condition.task(parents=[too_much])
+async def after_too_much(_input: EmptyModel, _ctx: Context) -> Number:
+    return Number(n=0)  # never: its parent was cancelled
+
+
 def main() -> None:
     worker = hatchet.worker(
         "hatchway-test-worker",
@@ -283,6 +372,8 @@ def main() -> None:
             round_robin,
             cancel_in_progress,
             cancel_newest,
+            conditioned,
+            cancelled_by_condition,
             *build_rest_workflows(hatchet),
         ],
     )

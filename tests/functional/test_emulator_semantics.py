@@ -291,3 +291,56 @@ async def test_cancel_newest_at_task_level_cancels_the_newcomer(
     # The slot is free again once the first run ended: the next newcomer runs.
     later = await start(hatchet, "t-conc-cancel-newest", {"group": "A", "seconds": 0})
     assert await result_of(hatchet, later) == {"newest_step": {"group": "A"}}
+
+
+# -- conditions --------------------------------------------------------------------------
+
+
+async def wait_until_waiting(emulator: HatchetEmulator, run_id: str, *tasks: str) -> None:
+    """Until these tasks wait for their conditions (an event pushed before is not theirs)."""
+    run = emulator.engine.get_run(run_id)
+    while not all(run.tasks[name].waiting for name in tasks):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def test_conditions_wait_for_sleeps_and_events_and_skip_on_parent_output_or_events(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    run_id = await start(hatchet, "t-conditions")
+    await wait_until_waiting(emulator, run_id, "on_the_event", "skipped_by_event")
+
+    await hatchet.event.aio_push("t-conditions:go", {"ok": False})  # its expression says no
+    await hatchet.event.aio_push("t-conditions:skip", {})
+    await asyncio.sleep(0.2)
+    assert emulator.engine.get_run(run_id).tasks["on_the_event"].waiting
+    await hatchet.event.aio_push("t-conditions:go", {"ok": True})
+    result = await result_of(hatchet, run_id)
+
+    assert result["skipped_when_big"] == {"skipped": True}
+    assert result["skipped_by_event"] == {"skipped": True}
+    assert result["total"] == {
+        "sum": 1 + 10 + 1000,
+        "skipped": ["skipped_by_event", "skipped_when_big"],
+    }
+    tasks = {t.display_name: t for t in (await hatchet.runs.aio_get(run_id)).tasks}
+    picked, napped = tasks["pick"].finished_at, tasks["after_a_nap"].started_at
+    assert picked is not None
+    assert napped is not None
+    assert (napped - picked).total_seconds() >= 1  # it slept its second after its parent
+
+
+async def test_cancel_if_cancels_the_task_and_its_dependents_without_an_error(
+    hatchet: Hatchet,
+) -> None:
+    run_id = await start(hatchet, "t-cancel-if")
+
+    result = await result_of(hatchet, run_id)  # nothing failed: no exception
+
+    assert result == {"measure": {"n": 2}}
+    details = await hatchet.runs.aio_get_details(run_id)
+    assert details.status.name == "CANCELLED"
+    assert {name: t.status.name for name, t in details.task_runs.items()} == {
+        "measure": "COMPLETED",
+        "too_much": "CANCELLED",
+        "after_too_much": "CANCELLED",
+    }

@@ -40,6 +40,7 @@ from typing import Any
 
 from hatchway.observability import logger
 
+from . import conditions
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
@@ -92,6 +93,7 @@ class TaskSpec:
     on_failure: bool = False  # the workflow's on-failure task (its parents are all other tasks)
     schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # task-level limits
+    conditions: tuple[conditions.Condition, ...] = ()  # wait_for / skip_if / cancel_if
 
     @property
     def timeout_s(self) -> float | None:
@@ -136,6 +138,10 @@ class TaskRun:
     next_stream_index: int = 0
     slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its task-level concurrency keys
     admitted: bool = True  # holds a slot of each key (or has no limits)
+    waiting: bool = False  # its parents completed; it waits for its conditions
+    met: set[int] = field(default_factory=set)  # indexes of the conditions met so far
+    trigger_data: dict[str, Any] = field(default_factory=dict)  # what met them, by data key
+    condition_timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -301,6 +307,7 @@ class Engine:
         self._children: dict[tuple[str, str], str] = {}  # (parent task, index or key) -> run id
         self._event_ids = 0
         self._limiter = Limiter()
+        self._waiting: set[TaskRun] = set()  # tasks waiting for their conditions
         self._queued = 0  # arrival order, the tie-break between runs of one priority
         self._janitor: asyncio.Task[None] | None = None
 
@@ -396,14 +403,21 @@ class Engine:
             self._children[child_slot] = run.run_id
         logger.debug("run created", run_id=run.run_id, workflow=name)
         victims = self._limiter.arrive(run) if run.slots else []
-        for task in run.tasks.values():
-            if not task.spec.parents and not task.spec.on_failure:
-                self._create(task, Status.QUEUED)
+        self._start_roots(run)
         self._cancel_for_concurrency(victims)
         self._dispatch()
         async with self._run_created:
             self._run_created.notify_all()
         return run
+
+    def _start_roots(self, run: WorkflowRun) -> None:
+        for task in run.tasks.values():
+            if not task.spec.parents and not task.spec.on_failure:
+                if task.spec.conditions:
+                    self._wait_for_conditions(task)
+                else:
+                    self._create(task, Status.QUEUED)
+        self._settle(run)  # a condition may hold at once
 
     async def push_event(
         self,
@@ -463,6 +477,10 @@ class Engine:
         cancelled = [task.external_id for task in run.created_tasks if not task.status.is_final]
         for task in run.created_tasks:
             self._cancel_task(task, reason, settle=False)
+        for task in run.tasks.values():
+            if task.waiting:  # it will never run now
+                self._stop_waiting(task)
+                self._create(task, Status.CANCELLED, reason)
         self._settle(run)  # tasks not created yet follow their cancelled parents
         return cancelled
 
@@ -896,7 +914,7 @@ class Engine:
             )
         )
 
-    def _create(self, task: TaskRun, state: Status) -> None:
+    def _create(self, task: TaskRun, state: Status, why: str = "") -> None:
         """Create a task in ``state``: QUEUED, CANCELLED, or COMPLETED meaning skipped."""
         task.created = True
         task.created_at = utcnow()
@@ -909,8 +927,8 @@ class Engine:
             return
         task.status = state
         task.finished_at = task.created_at
-        if state is Status.CANCELLED:  # no error of its own: the parent's failure carries it
-            self._record(task, "CANCELLED", message="a parent task failed or was cancelled")
+        if state is Status.CANCELLED:  # no error of its own: a parent's failure carries it
+            self._record(task, "CANCELLED", message=why or "a parent task failed or was cancelled")
             self._emit(RunEvent(run.run_id, "STEP_RUN", "CANCELLED", task.external_id))
         else:  # skipped: the engine's output for a skipped task
             task.skipped = True
@@ -945,9 +963,13 @@ class Engine:
         while progressed:
             progressed = False
             for task in run.tasks.values():
-                if not task.created and (state := self._decide(task)) is not None:
+                if task.created or task.waiting or (state := self._decide(task)) is None:
+                    continue
+                if state is Status.QUEUED and task.spec.conditions:
+                    self._wait_for_conditions(task)
+                else:
                     self._create(task, state)
-                    progressed = True
+                progressed = True
         if all(task.created and task.status.is_final for task in run.tasks.values()):
             self._finish_run(run)
 
@@ -1027,6 +1049,80 @@ class Engine:
             and task.admitted
             and task.run.workflow.name not in self.paused_workflows
         )
+
+    # -- conditions --------------------------------------------------------------------
+
+    def match_user_event(self, key: str, payload: dict[str, Any], scope: str = "") -> None:
+        """A pushed event meets the user-event conditions of waiting tasks that it matches."""
+        touched: set[WorkflowRun] = set()
+        for task in list(self._waiting):
+            for index, condition in enumerate(task.spec.conditions):
+                if condition.kind != "USER_EVENT" or condition.event_key != key:
+                    continue
+                if condition.scope and condition.scope != scope:
+                    continue
+                if self._holds(condition, {"input": payload, "output": {}}):
+                    task.met.add(index)
+                    task.trigger_data[condition.data_key] = payload
+            if self._resolve_conditions(task):
+                touched.add(task.run)
+        for run in touched:
+            self._settle(run)
+        self._dispatch()
+
+    def _wait_for_conditions(self, task: TaskRun) -> None:
+        """Its parents completed: meet the parent conditions now, arm the sleeps."""
+        run = task.run
+        task.waiting = True
+        self._waiting.add(task)
+        self._record(task, "QUEUED", message="waiting for its conditions")
+        loop = asyncio.get_running_loop()
+        for index, condition in enumerate(task.spec.conditions):
+            if condition.kind == "PARENT":
+                parent = run.tasks.get(condition.parent)
+                output = (parent.output_object() if parent is not None else None) or {}
+                if self._holds(condition, {"input": run.input, "output": output}):
+                    task.met.add(index)
+                    task.trigger_data[condition.data_key] = output
+            elif condition.kind == "SLEEP":
+                task.condition_timers.append(
+                    loop.call_later(condition.sleep_s, self._sleep_done, task, index)
+                )
+        self._resolve_conditions(task)
+
+    @staticmethod
+    def _holds(condition: conditions.Condition, variables: dict[str, Any]) -> bool:
+        try:
+            return condition.holds_for(variables)
+        except EngineError as error:  # the engine logs it and leaves the condition unmet
+            logger.warning("condition expression failed", error=str(error))
+            return False
+
+    def _sleep_done(self, task: TaskRun, index: int) -> None:
+        if not task.waiting:
+            return
+        task.met.add(index)
+        task.trigger_data[task.spec.conditions[index].data_key] = {}
+        if self._resolve_conditions(task):
+            self._settle(task.run)
+            self._dispatch()
+
+    def _resolve_conditions(self, task: TaskRun) -> bool:
+        """Create the task if one action's conditions hold; whether it did."""
+        action = conditions.decide(task.spec.conditions, task.met)
+        if action is None or not task.waiting:
+            return False
+        self._stop_waiting(task)
+        state = {"QUEUE": Status.QUEUED, "SKIP": Status.COMPLETED}.get(action, Status.CANCELLED)
+        self._create(task, state, "its cancel_if conditions were met")
+        return True
+
+    def _stop_waiting(self, task: TaskRun) -> None:
+        task.waiting = False
+        self._waiting.discard(task)
+        for timer in task.condition_timers:
+            timer.cancel()
+        task.condition_timers.clear()
 
     # -- concurrency limits ------------------------------------------------------------
 
@@ -1152,6 +1248,8 @@ class Engine:
 
     def _finish_run(self, run: WorkflowRun) -> None:
         """Every task is final: the run's status follows the engine's precedence."""
+        if run.status.is_final:
+            return
         if run.failures:
             first = run.failures[0]
             status, error = first.status, first.error

@@ -21,6 +21,7 @@ from hatchway.observability import logger
 
 from . import contracts
 from .concurrency import ConcurrencyLimit
+from .conditions import Condition
 from .engine import (
     BROKEN,
     Assignment,
@@ -32,6 +33,7 @@ from .engine import (
     TaskSpec,
     WorkflowRun,
     WorkflowSpec,
+    parse_duration,
 )
 from .errors import EngineError
 
@@ -209,6 +211,8 @@ class HatchetServices:
         task = assignment.task
         run = task.run
         payload = {"input": run.input, "parents": self._parent_outputs(task)}
+        if task.trigger_data:  # what met its conditions, by readable data key
+            payload["triggers"] = task.trigger_data
         if task.spec.on_failure:
             payload["step_run_errors"] = {
                 failed.spec.readable_id: failed.error or "" for failed in run.failures
@@ -432,7 +436,9 @@ class HatchetServices:
 
     async def _push(self, request: Any) -> Any:
         metadata = _loads(_optional(request, "additional_metadata") or "", {})
-        event_id = await self.engine.push_event(request.key, _loads(request.payload, {}), metadata)
+        payload = _loads(request.payload, {})
+        event_id = await self.engine.push_event(request.key, payload, metadata)
+        self.engine.match_user_event(request.key, payload, _optional(request, "scope") or "")
         event = self._m("Event")(
             tenant_id=self.engine.tenant_id,
             event_id=event_id,
@@ -532,6 +538,36 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         on_failure=on_failure,
         schedule_timeout=task.schedule_timeout,
         concurrency=_limits(task.concurrency),
+        conditions=_conditions(task.conditions),
+    )
+
+
+def _conditions(message: Any) -> tuple[Condition, ...]:
+    def condition(
+        kind: str, c: Any, *, sleep_s: float = 0.0, event_key: str = "", scope: str = ""
+    ) -> Condition:
+        return Condition(
+            kind,
+            action=contracts.enum_name("v1.Action", c.base.action),
+            group=c.base.or_group_id,
+            data_key=c.base.readable_data_key,
+            expression=c.base.expression,
+            sleep_s=sleep_s,
+            event_key=event_key,
+            scope=scope,
+            parent=getattr(c, "parent_readable_id", ""),
+        )
+
+    return (
+        *(
+            condition("SLEEP", c, sleep_s=parse_duration(c.sleep_for) or 0.0)
+            for c in message.sleep_conditions
+        ),
+        *(
+            condition("USER_EVENT", c, event_key=c.user_event_key, scope=c.event_scope)
+            for c in message.user_event_conditions
+        ),
+        *(condition("PARENT", c) for c in message.parent_override_conditions),
     )
 
 
@@ -566,11 +602,9 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
         lambda t: any(c.is_tenant_scoped or c.max_runs_expression for c in t.concurrency),
     ),
     (
-        "wait_for / skip_if / cancel_if conditions",
-        lambda t: bool(
-            t.conditions.sleep_conditions
-            or t.conditions.user_event_conditions
-            or t.conditions.parent_override_conditions
+        "user-event conditions with consider_events_since",
+        lambda t: any(
+            c.HasField("consider_events_since") for c in t.conditions.user_event_conditions
         ),
     ),
     ("durable tasks", lambda t: t.is_durable),
