@@ -206,11 +206,6 @@ async def test_filters_gate_event_runs_by_scope_and_expression(
     assert len(await runs_of_event(hatchet, unfiltered)) == 1  # no filters: always triggered
 
 
-@pytest.mark.xfail(
-    reason="needs grpc_api: Push passing scope and the action payload's triggers "
-    "(Engine.triggers_of); owned by another change",
-    strict=False,
-)
 async def test_filter_payload_reaches_the_task(hatchet: Hatchet, emulator: HatchetEmulator) -> None:
     wf = await workflow_id(hatchet, "t-rest-event")
     scope = str(uuid4())

@@ -211,8 +211,9 @@ class HatchetServices:
         task = assignment.task
         run = task.run
         payload = {"input": run.input, "parents": self._parent_outputs(task)}
-        if task.trigger_data:  # what met its conditions, by readable data key
-            payload["triggers"] = task.trigger_data
+        # The filter payload of the filter that started the run, and what met the task's
+        # conditions (by readable data key).
+        payload["triggers"] = {**self.engine.triggers_of(run), **task.trigger_data}
         if task.spec.on_failure:
             payload["step_run_errors"] = {
                 failed.spec.readable_id: failed.error or "" for failed in run.failures
@@ -437,8 +438,11 @@ class HatchetServices:
     async def _push(self, request: Any) -> Any:
         metadata = _loads(_optional(request, "additional_metadata") or "", {})
         payload = _loads(request.payload, {})
-        event_id = await self.engine.push_event(request.key, payload, metadata)
-        self.engine.match_user_event(request.key, payload, _optional(request, "scope") or "")
+        scope = _optional(request, "scope") or ""
+        event_id = await self.engine.push_event(
+            request.key, payload, metadata, scope=scope, priority=_optional(request, "priority")
+        )
+        self.engine.match_user_event(request.key, payload, scope)
         event = self._m("Event")(
             tenant_id=self.engine.tenant_id,
             event_id=event_id,
