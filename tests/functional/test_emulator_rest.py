@@ -18,7 +18,7 @@ from hatchet_sdk.clients.rest.models.v1_update_filter_request import V1UpdateFil
 
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.functional.rest_workflows import REST_EVENT_KEY
-from tests.functional.test_hatchet_emulator import AnyInput, result_of, start
+from tests.functional.test_hatchet_emulator import AnyInput, named, result_of, start
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -72,7 +72,12 @@ async def test_run_list_filters_by_workflow_metadata_status_and_time(
         "right": {"value": 101},
         "last": {"value": 112},
     }
-    assert {c.display_name for c in dag_row.children or []} == {"first", "left", "right", "last"}
+    assert {named(c.display_name) for c in dag_row.children or []} == {
+        "first",
+        "left",
+        "right",
+        "last",
+    }
     leaf_row = next(r for r in listed.rows if r.workflow_id != dag_id)
     assert leaf_row.output == {"doubled": 4}  # a run of one task is listed as that task
 
@@ -83,7 +88,7 @@ async def test_run_list_filters_by_workflow_metadata_status_and_time(
     tasks = await hatchet.runs.aio_list(
         since=since, workflow_ids=[dag_id], additional_metadata={"tag": tag}, only_tasks=True
     )
-    assert sorted(r.display_name for r in tasks.rows) == ["first", "last", "left", "right"]
+    assert sorted(named(r.display_name) for r in tasks.rows) == ["first", "last", "left", "right"]
     assert not (
         await hatchet.runs.aio_list(
             since=since, additional_metadata={"tag": tag}, statuses=[V1TaskStatus.FAILED]
@@ -237,7 +242,7 @@ async def test_replaying_a_task_reruns_its_dependents_only(
     run_id = await start(hatchet, "t-rest-chain")
     await settled(emulator, [run_id])
     details = await hatchet.runs.aio_get(run_id)
-    by_name = {t.display_name: t for t in details.tasks}
+    by_name = {named(t.display_name): t for t in details.tasks}
     assert by_name["middle"].status == V1TaskStatus.FAILED
     assert by_name["tail"].status == V1TaskStatus.CANCELLED
     await hatchet.runs.aio_replay(by_name["middle"].task_external_id)

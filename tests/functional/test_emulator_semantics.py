@@ -25,13 +25,13 @@ from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.functional.conftest import RawEvents
-from tests.functional.test_hatchet_emulator import collect, describe, result_of, start
+from tests.functional.test_hatchet_emulator import collect, describe, named, result_of, start
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 
 def statuses(details: V1WorkflowRunDetails) -> dict[str, V1TaskStatus]:
-    return {task.display_name: task.status for task in details.tasks}
+    return {named(task.display_name): task.status for task in details.tasks}
 
 
 async def test_a_permanent_failure_ends_only_its_branch(
@@ -54,7 +54,7 @@ async def test_a_permanent_failure_ends_only_its_branch(
         "slow_branch": V1TaskStatus.COMPLETED,
         "after_slow": V1TaskStatus.COMPLETED,
     }
-    outputs = {task.display_name: task.output for task in details.tasks}
+    outputs = {named(task.display_name): task.output for task in details.tasks}
     assert outputs["after_slow"] == {"parent_ok": True}
     assert outputs["flaky_branch"] == {"attempt": 1}
     assert outputs["doomed"] == {}
@@ -72,7 +72,7 @@ async def test_rest_run_details_log_each_attempt_and_give_the_shape(hatchet: Hat
 
     details = await hatchet.runs.aio_get(run_id)  # parses: every output is an object
 
-    ids = {task.display_name: task.metadata.id for task in details.tasks}
+    ids = {named(task.display_name): task.metadata.id for task in details.tasks}
     by_task = Counter(
         (event.task_id, event.event_type)
         for event in details.task_events
@@ -84,7 +84,7 @@ async def test_rest_run_details_log_each_attempt_and_give_the_shape(hatchet: Hat
         (ids["flaky_branch"], V1TaskEventType.RETRYING): 1,
     }
     finished = [e for e in details.task_events if e.event_type == V1TaskEventType.FINISHED]
-    assert sorted(e.task_display_name or "" for e in finished) == [
+    assert sorted(named(e.task_display_name or "") for e in finished) == [
         "after_slow",
         "flaky_branch",
         "slow_branch",
@@ -114,7 +114,7 @@ async def test_run_details_list_only_the_tasks_created_so_far(
     roots = ["doomed", "flaky_branch", "slow_branch"]
     assert sorted(queued.task_runs) == roots
     assert not queued.done
-    assert sorted(task.display_name for task in rest.tasks) == roots
+    assert sorted(named(task.display_name) for task in rest.tasks) == roots
     assert all(task.output == {} for task in rest.tasks)
     with pytest.raises(FailedTaskRunExceptionGroup):
         await result_of(hatchet, run_id)
@@ -183,7 +183,7 @@ async def test_the_on_failure_task_runs_after_a_failure_with_its_error(hatchet: 
         "breaks": V1TaskStatus.FAILED,
         "clean_up-on-failure": V1TaskStatus.COMPLETED,
     }
-    on_failure = next(t for t in details.tasks if t.display_name == "clean_up-on-failure")
+    on_failure = next(t for t in details.tasks if named(t.display_name) == "clean_up-on-failure")
     assert on_failure.output == {"saw": "breaks broke"}
 
 
@@ -196,7 +196,7 @@ async def test_the_on_failure_task_is_skipped_when_nothing_fails(hatchet: Hatche
     details = await hatchet.runs.aio_get(run_id)
     assert details.run.status == V1TaskStatus.COMPLETED
     skipped = [e for e in details.task_events if e.event_type == V1TaskEventType.SKIPPED]
-    assert [e.task_display_name for e in skipped] == ["never_needed-on-failure"]
+    assert [named(e.task_display_name or "") for e in skipped] == ["never_needed-on-failure"]
 
 
 async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
@@ -322,7 +322,7 @@ async def test_conditions_wait_for_sleeps_and_events_and_skip_on_parent_output_o
         "sum": 1 + 10 + 1000,
         "skipped": ["skipped_by_event", "skipped_when_big"],
     }
-    tasks = {t.display_name: t for t in (await hatchet.runs.aio_get(run_id)).tasks}
+    tasks = {named(t.display_name): t for t in (await hatchet.runs.aio_get(run_id)).tasks}
     picked, napped = tasks["pick"].finished_at, tasks["after_a_nap"].started_at
     assert picked is not None
     assert napped is not None

@@ -59,6 +59,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def display_name(name: str, created: datetime) -> str:
+    """The engine names a task "<readable id>-<unix ms>" and a run "<workflow>-<unix ms>"
+    (pkg/repository/task.go, trigger.go): tests match a prefix."""
+    return f"{name}-{int(created.timestamp() * 1000)}"
+
+
 def _step_id(run: WorkflowRun, readable_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{readable_id}"))
 
@@ -84,7 +90,7 @@ def _task_summary(task: TaskRun, tenant_id: str) -> dict[str, Any]:
         "taskExternalId": task.external_id,
         "taskId": 0,
         "taskInsertedAt": created.isoformat(),
-        "displayName": task.spec.readable_id,
+        "displayName": display_name(task.spec.readable_id, created),
         "stepId": _step_id(run, task.spec.readable_id),
         "actionId": task.spec.action,
         "status": run_status_name(task.status),
@@ -118,7 +124,9 @@ def _task_event(event: TaskEvent) -> dict[str, Any]:
         "errorMessage": event.error or "",
         "output": event.output,
         "workerId": event.worker_id,
-        "taskDisplayName": event.task.spec.readable_id,
+        "taskDisplayName": display_name(
+            event.task.spec.readable_id, event.task.created_at or event.task.run.created_at
+        ),
         "retryCount": event.retry_count,
         "attempt": event.retry_count + 1,
     }
@@ -151,7 +159,7 @@ def _run_details(run: WorkflowRun, tenant_id: str) -> dict[str, Any]:
             "metadata": _meta(run.run_id, run.created_at, run.finished_at),
             "status": run_status_name(run.status),
             "tenantId": tenant_id,
-            "displayName": run.workflow.name,
+            "displayName": display_name(run.workflow.name, run.created_at),
             "workflowId": run.workflow.workflow_id,
             "workflowVersionId": run.workflow.version_id,
             "input": run.input,
@@ -535,7 +543,7 @@ def _run_row(run: WorkflowRun, tenant_id: str) -> dict[str, Any]:
         row |= {
             "taskExternalId": run.run_id,
             "taskInsertedAt": run.created_at.isoformat(),
-            "displayName": run.workflow.name,
+            "displayName": display_name(run.workflow.name, run.created_at),
             "stepId": str(uuid.UUID(int=0)),
             "actionId": "",
             "status": run_status_name(run.status),
