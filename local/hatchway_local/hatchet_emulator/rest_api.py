@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
+from . import affinity
 from .engine import (
     Engine,
     Status,
@@ -614,7 +615,7 @@ def _worker(worker: Worker) -> dict[str, Any]:
         "slotConfig": {
             "default": {"limit": worker.slots, "available": worker.slots - len(worker.running)}
         },
-        "labels": [],
+        "labels": affinity.rest_labels(worker, registered),
     }
 
 
