@@ -15,6 +15,7 @@ from hatchet_sdk import (
     WorkerLabelComparator,
 )
 from hatchet_sdk.labels import DesiredWorkerLabel
+from pydantic import BaseModel
 
 SIDE_WORKER_NAME = "hatchway-scheduling-worker"
 # The second worker's labels (tests/functional/scheduling_worker.py); the main test
@@ -23,7 +24,7 @@ SIDE_LABELS: dict[str, str | int] = {"model": "fancy-v2", "memory": 512, "pool":
 
 
 def build_scheduling_workflows(hatchet: Hatchet) -> list[Any]:
-    return [*_affinity(hatchet), *_sticky(hatchet)]
+    return [*_affinity(hatchet), *_sticky(hatchet), *_schedules(hatchet)]
 
 
 def _where(ctx: Context) -> dict[str, Any]:
@@ -77,3 +78,23 @@ def _sticky(hatchet: Hatchet) -> list[Any]:
 
         workflows.append(sticky)
     return workflows
+
+
+CRON_EXPRESSION = "0 0 * 1 0"  # rarely: the tests trigger it by hand
+
+
+class GreetingInput(BaseModel):
+    name: str = "nobody"
+
+
+def _schedules(hatchet: Hatchet) -> list[Any]:
+    @hatchet.task(
+        name="t-cron",
+        input_validator=GreetingInput,
+        on_crons=[CRON_EXPRESSION],
+        cron_input=GreetingInput(name="cron"),
+    )
+    async def greet(input: GreetingInput, ctx: Context) -> dict[str, Any]:  # noqa: A002
+        return {"hello": input.name, "metadata": ctx.additional_metadata}
+
+    return [greet]

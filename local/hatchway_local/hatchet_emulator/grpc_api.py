@@ -36,6 +36,7 @@ from .engine import (
     parse_duration,
 )
 from .errors import EngineError
+from .schedules import check_cron, schedules_of
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
 # below v0.78.23 workers fall back to a legacy registration that it fails on
@@ -493,6 +494,8 @@ class HatchetServices:
 
     async def put_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         refuse_unemulated(request)
+        for cron in request.cron_triggers:  # refused before anything is registered
+            check_cron(cron)
         tasks = {task.readable_id: _task_spec(task) for task in request.tasks}
         if request.HasField("on_failure_task"):
             on_failure = _task_spec(request.on_failure_task, on_failure=True)
@@ -512,6 +515,8 @@ class HatchetServices:
                 else None,
             )
         )
+        cron_input = _loads(_optional(request, "cron_input") or "", {})
+        schedules_of(self.engine).declare(spec.name, list(request.cron_triggers), cron_input)
         return self._m("v1.CreateWorkflowVersionResponse")(
             id=spec.version_id, workflow_id=spec.workflow_id
         )
@@ -606,7 +611,6 @@ _UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
         ),
     ),
-    ("cron triggers", lambda w: bool(w.cron_triggers)),
     ("default event filters", lambda w: bool(w.default_filters)),
     ("idempotency keys", lambda w: w.HasField("idempotency")),
 )

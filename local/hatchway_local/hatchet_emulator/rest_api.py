@@ -30,6 +30,7 @@ from .engine import (
 )
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent
+from .schedules_rest import routes as schedule_routes
 from .grpc_api import bearer_matches, run_status_name
 
 if TYPE_CHECKING:
@@ -761,4 +762,5 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
             web.post("/_emulator/restart", control_restart),
         ]
     )
+    app.add_routes(schedule_routes())  # crons and scheduled runs (schedules_rest.py)
     return app
