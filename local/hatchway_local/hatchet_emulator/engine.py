@@ -28,7 +28,6 @@ Hatchway depends on them (see shared/notes/hatchet-engine.md):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import uuid
@@ -41,7 +40,7 @@ from typing import Any
 
 from hatchway.observability import logger
 
-from . import affinity, conditions
+from . import conditions
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
@@ -95,7 +94,6 @@ class TaskSpec:
     schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # task-level limits
     conditions: tuple[conditions.Condition, ...] = ()  # wait_for / skip_if / cancel_if
-    worker_labels: tuple[affinity.DesiredLabel, ...] = ()  # the workers it wants (affinity.py)
 
     @property
     def timeout_s(self) -> float | None:
@@ -113,7 +111,6 @@ class WorkflowSpec:
     event_triggers: tuple[str, ...] = ()
     default_priority: int | None = None
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # workflow-level limits: a slot per run
-    sticky: str | None = None  # SOFT | HARD: a run's tasks want one worker (affinity.py)
     workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     version_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -187,8 +184,6 @@ class WorkflowRun:
     parent_task_external_id: str | None = None
     child_index: int | None = None
     child_key: str | None = None
-    desired_labels: tuple[affinity.DesiredLabel, ...] = ()  # the run's own: replace its tasks'
-    desired_worker_id: str | None = None  # a sticky run's root tasks want this worker
     status: Status = Status.QUEUED
     error: str | None = None
     created_at: datetime = field(default_factory=utcnow)
@@ -261,7 +256,6 @@ class Worker:
     listeners: int = 0
     paused: bool = False
     registered_at: datetime = field(default_factory=utcnow)
-    labels: dict[str, affinity.Label] = field(default_factory=dict)
 
     def can_take(self, action: str) -> bool:
         return (
@@ -347,7 +341,14 @@ class Engine:
                 )
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
-            spec = dataclasses.replace(spec, workflow_id=previous.workflow_id)
+            spec = WorkflowSpec(
+                spec.name,
+                spec.tasks,
+                spec.event_triggers,
+                spec.default_priority,
+                spec.concurrency,
+                workflow_id=previous.workflow_id,
+            )
         self.workflows[spec.name] = spec
         return spec
 
@@ -362,8 +363,6 @@ class Engine:
         parent_task_external_id: str | None = None,
         child_index: int | None = None,
         child_key: str | None = None,
-        desired_labels: tuple[affinity.DesiredLabel, ...] = (),
-        desired_worker_id: str | None = None,
     ) -> WorkflowRun:
         workflow = self.workflows.get(name)
         if not isinstance(additional_metadata or {}, dict):
@@ -391,9 +390,6 @@ class Engine:
             parent_task_external_id=parent_task_external_id,
             child_index=child_index,
             child_key=child_key,
-            desired_labels=desired_labels,
-            # honoured only when the workflow is sticky (trigger.proto's desired_worker_id)
-            desired_worker_id=desired_worker_id if workflow.sticky else None,
         )
         if workflow.concurrency:  # a key that cannot be evaluated refuses the trigger
             run.slots = Limiter.keys(workflow.name, workflow.concurrency, _key_variables(run))
@@ -1030,7 +1026,7 @@ class Engine:
             if not self._assignable(task):
                 waiting.append(entry)
                 continue
-            worker = self._choose_worker(task)
+            worker = next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
             if worker is None:
                 waiting.append(entry)
                 continue
@@ -1045,25 +1041,6 @@ class Engine:
                 self._arm_timeout(task, task.spec.timeout_s)
             worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
         self._queue = waiting
-
-    def _choose_worker(self, task: TaskRun) -> Worker | None:
-        """A free worker for the task, by its desired labels or its run's sticky worker."""
-        run = task.run
-        desired_worker = run.desired_worker_id
-        for parent in task.spec.parents:  # a DAG task wants the worker of its first parent
-            desired_worker = run.tasks[parent].worker_id or desired_worker
-            break
-        return affinity.choose(
-            (w for w in self.workers.values() if w.can_take(task.spec.action)),
-            desired=run.desired_labels or task.spec.worker_labels,
-            sticky=run.workflow.sticky,
-            desired_worker_id=desired_worker,
-        )
-
-    def upsert_worker_labels(self, worker_id: str, labels: dict[str, affinity.Label]) -> None:
-        """Set (add or replace, key by key) a worker's labels; tasks may now fit it."""
-        self.get_worker(worker_id).labels.update(labels)
-        self._dispatch()
 
     def _assignable(self, task: TaskRun) -> bool:
         """Whether a queued task may be assigned now (what holds it back besides workers)."""

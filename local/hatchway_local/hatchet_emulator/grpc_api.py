@@ -19,7 +19,7 @@ import grpc
 
 from hatchway.observability import logger
 
-from . import affinity, contracts
+from . import contracts
 from .concurrency import ConcurrencyLimit
 from .conditions import Condition
 from .engine import (
@@ -36,7 +36,6 @@ from .engine import (
     parse_duration,
 )
 from .errors import EngineError
-from .schedules import check_cron, schedules_of
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
 # below v0.78.23 workers fall back to a legacy registration that it fails on
@@ -194,8 +193,6 @@ class HatchetServices:
     async def register(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         slots = _optional(request, "slots") or sum(request.slot_config.values()) or 100
         worker = self.engine.register_worker(request.worker_name, list(request.actions), slots)
-        labels = affinity.labels_from_proto(request.labels)
-        self.engine.upsert_worker_labels(worker.worker_id, labels)
         return self._m("WorkerRegisterResponse")(
             tenant_id=self.engine.tenant_id, worker_id=worker.worker_id, worker_name=worker.name
         )
@@ -272,8 +269,6 @@ class HatchetServices:
         )
 
     async def upsert_worker_labels(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
-        labels = affinity.labels_from_proto(request.labels)
-        self.engine.upsert_worker_labels(request.worker_id, labels)
         return self._m("UpsertWorkerLabelsResponse")(
             tenant_id=self.engine.tenant_id, worker_id=request.worker_id
         )
@@ -478,8 +473,6 @@ class HatchetServices:
             parent_task_external_id=_optional(request, "parent_task_run_external_id"),
             child_index=_optional(request, "child_index"),
             child_key=_optional(request, "child_key"),
-            desired_labels=affinity.desired_from_proto(request.desired_worker_labels),
-            desired_worker_id=_optional(request, "desired_worker_id"),
         )
 
     async def trigger_workflow_run(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
@@ -488,14 +481,11 @@ class HatchetServices:
             _loads(request.input, {}),
             _loads(request.additional_metadata, {}),
             priority=_optional(request, "priority"),
-            desired_labels=affinity.desired_from_proto(request.desired_worker_labels),
         )
         return self._m("v1.TriggerWorkflowRunResponse")(external_id=run.run_id)
 
     async def put_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         refuse_unemulated(request)
-        for cron in request.cron_triggers:  # refused before anything is registered
-            check_cron(cron)
         tasks = {task.readable_id: _task_spec(task) for task in request.tasks}
         if request.HasField("on_failure_task"):
             on_failure = _task_spec(request.on_failure_task, on_failure=True)
@@ -510,13 +500,8 @@ class HatchetServices:
                     [request.concurrency] if request.HasField("concurrency") else []
                 )
                 + _limits(request.concurrency_arr),
-                sticky=contracts.enum_name("v1.StickyStrategy", request.sticky)
-                if request.HasField("sticky")
-                else None,
             )
         )
-        cron_input = _loads(_optional(request, "cron_input") or "", {})
-        schedules_of(self.engine).declare(spec.name, list(request.cron_triggers), cron_input)
         return self._m("v1.CreateWorkflowVersionResponse")(
             id=spec.version_id, workflow_id=spec.workflow_id
         )
@@ -558,7 +543,6 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         schedule_timeout=task.schedule_timeout,
         concurrency=_limits(task.concurrency),
         conditions=_conditions(task.conditions),
-        worker_labels=affinity.desired_from_proto(task.worker_labels),
     )
 
 
@@ -611,6 +595,8 @@ _UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
         ),
     ),
+    ("cron triggers", lambda w: bool(w.cron_triggers)),
+    ("sticky worker assignment", lambda w: w.HasField("sticky")),
     ("default event filters", lambda w: bool(w.default_filters)),
     ("idempotency keys", lambda w: w.HasField("idempotency")),
 )
@@ -627,6 +613,7 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ),
     ("durable tasks", lambda t: t.is_durable),
     ("rate limits", lambda t: bool(t.rate_limits)),
+    ("desired worker labels", lambda t: bool(t.worker_labels)),
     ("batch tasks", lambda t: t.HasField("batch")),
     (
         "slot requests other than one default slot",

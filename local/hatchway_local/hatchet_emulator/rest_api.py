@@ -16,7 +16,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
-from . import affinity
 from .engine import (
     Engine,
     Status,
@@ -30,7 +29,6 @@ from .engine import (
 )
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent
-from .schedules_rest import routes as schedule_routes
 from .grpc_api import bearer_matches, run_status_name
 
 if TYPE_CHECKING:
@@ -616,7 +614,7 @@ def _worker(worker: Worker) -> dict[str, Any]:
         "slotConfig": {
             "default": {"limit": worker.slots, "available": worker.slots - len(worker.running)}
         },
-        "labels": affinity.rest_labels(worker, registered),
+        "labels": [],
     }
 
 
@@ -762,5 +760,4 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
             web.post("/_emulator/restart", control_restart),
         ]
     )
-    app.add_routes(schedule_routes())  # crons and scheduled runs (schedules_rest.py)
     return app
