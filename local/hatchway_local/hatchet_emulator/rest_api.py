@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
+from . import durable_api
 from .engine import (
     Engine,
     Status,
@@ -760,4 +761,5 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
             web.post("/_emulator/restart", control_restart),
         ]
     )
+    app.add_routes(durable_api.rest_routes(lambda request: request.app[EMULATOR_KEY].engine))
     return app
