@@ -625,9 +625,10 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("desired worker labels", lambda t: bool(t.worker_labels)),
     ("batch tasks", lambda t: t.HasField("batch")),
     (
-        "slot requests other than one default slot",
-        lambda t: dict(t.slot_requests)
-        not in ({}, {"durable": 1} if t.is_durable else {"default": 1}),
+        "slot requests other than one default slot (one durable slot for a durable task)",
+        lambda t: (
+            dict(t.slot_requests) not in ({}, {"durable": 1} if t.is_durable else {"default": 1})
+        ),
     ),
 )
 
