@@ -208,6 +208,10 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     async def step(_input: EmptyModel, _ctx: Context) -> None:
         return None
 
+    @unsupported.durable_task()
+    async def durable(_input: EmptyModel, _ctx: Context) -> None:
+        return None
+
     with pytest.raises(grpc.RpcError) as refused:
         # what a worker sends when it registers the workflow
         await hatchet._client.admin.aio_put_workflow(unsupported.to_proto())
@@ -216,6 +220,7 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     details = refused.value.details() or ""
     assert "'t-unsupported'" in details
     assert "cron triggers" in details
+    assert "durable tasks (task 'durable')" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
         await start(hatchet, "t-unsupported")
 

@@ -94,7 +94,6 @@ class TaskSpec:
     schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # task-level limits
     conditions: tuple[conditions.Condition, ...] = ()  # wait_for / skip_if / cancel_if
-    durable: bool = False  # a durable task: its event log lives in durable.py
 
     @property
     def timeout_s(self) -> float | None:

@@ -22,8 +22,6 @@ from hatchway.observability import logger
 from . import contracts
 from .concurrency import ConcurrencyLimit
 from .conditions import Condition
-from .durable import state_for as durable_state
-from .durable_api import DurableServices
 from .engine import (
     BROKEN,
     Assignment,
@@ -72,7 +70,6 @@ class HatchetServices:
         self.engine = engine
         self._token = token
         self._m = contracts.message
-        self.durable = DurableServices(engine)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         implementations: dict[str, dict[str, Any]] = {
@@ -109,7 +106,7 @@ class HatchetServices:
                 "TriggerWorkflowRun": self.trigger_workflow_run,
                 "GetRunDetails": self.get_run_details,
             },
-            "v1.V1Dispatcher": self.durable.implementations(),
+            "v1.V1Dispatcher": {},
         }
         return [self._service_handler(name, impls) for name, impls in implementations.items()]
 
@@ -245,10 +242,6 @@ class HatchetServices:
             action.child_workflow_index = run.child_index
         if run.child_key is not None:
             action.child_workflow_key = run.child_key
-        if task.spec.durable and assignment.kind == "START_STEP_RUN":  # a new invocation
-            action.durable_task_invocation_count = durable_state(self.engine).invocation_started(
-                task
-            )
         _stamp(action, "task_inserted_at", run.created_at)
         return action
 
@@ -450,7 +443,6 @@ class HatchetServices:
             request.key, payload, metadata, scope=scope, priority=_optional(request, "priority")
         )
         self.engine.match_user_event(request.key, payload, scope)
-        durable_state(self.engine).match_user_event(request.key, payload, scope)
         event = self._m("Event")(
             tenant_id=self.engine.tenant_id,
             event_id=event_id,
@@ -535,7 +527,6 @@ class HatchetServices:
                 detail.output = task.output.encode()
             if task.failed and task.error is not None:
                 detail.error = task.error
-            detail.is_evicted = durable_state(self.engine).is_evicted(task)
         return response
 
 
@@ -552,7 +543,6 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         schedule_timeout=task.schedule_timeout,
         concurrency=_limits(task.concurrency),
         conditions=_conditions(task.conditions),
-        durable=task.is_durable,
     )
 
 
@@ -621,14 +611,13 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             c.HasField("consider_events_since") for c in t.conditions.user_event_conditions
         ),
     ),
+    ("durable tasks", lambda t: t.is_durable),
     ("rate limits", lambda t: bool(t.rate_limits)),
     ("desired worker labels", lambda t: bool(t.worker_labels)),
     ("batch tasks", lambda t: t.HasField("batch")),
     (
-        "slot requests other than one default slot (one durable slot for a durable task)",
-        lambda t: (
-            dict(t.slot_requests) not in ({}, {"durable": 1} if t.is_durable else {"default": 1})
-        ),
+        "slot requests other than one default slot",
+        lambda t: dict(t.slot_requests) not in ({}, {"default": 1}),
     ),
 )
 
