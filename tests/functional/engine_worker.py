@@ -28,7 +28,6 @@ from pydantic import BaseModel
 
 from hatchway.payloads import Payloads
 from hatchway_local.demo.workflows import build_demo_workflows
-from tests.functional.batch_workflows import build_batch_workflows
 from tests.functional.rest_workflows import build_rest_workflows
 
 hatchet = Hatchet()
@@ -376,7 +375,6 @@ def main() -> None:
             conditioned,
             cancelled_by_condition,
             *build_rest_workflows(hatchet),
-            *build_batch_workflows(hatchet),
         ],
     )
     worker.start()

@@ -40,7 +40,7 @@ from typing import Any
 
 from hatchway.observability import logger
 
-from . import batches, conditions
+from . import conditions
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
@@ -94,7 +94,6 @@ class TaskSpec:
     schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # task-level limits
     conditions: tuple[conditions.Condition, ...] = ()  # wait_for / skip_if / cancel_if
-    batch: batches.BatchConfig | None = None  # a batch task: batches.py buffers and flushes it
 
     @property
     def timeout_s(self) -> float | None:
@@ -241,9 +240,8 @@ class EventSubscription:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    kind: str  # START_STEP_RUN | CANCEL_STEP_RUN | START_BATCH
+    kind: str  # START_STEP_RUN | CANCEL_STEP_RUN
     task: TaskRun
-    batch: batches.Batch | None = None  # START_BATCH: the whole batch (task is its first)
 
 
 @dataclass(eq=False, slots=True)
@@ -312,7 +310,6 @@ class Engine:
         self._waiting: set[TaskRun] = set()  # tasks waiting for their conditions
         self._queued = 0  # arrival order, the tie-break between runs of one priority
         self._janitor: asyncio.Task[None] | None = None
-        self.batches = batches.Batches(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -325,7 +322,6 @@ class Engine:
             self._janitor.cancel()
             await asyncio.gather(self._janitor, return_exceptions=True)
             self._janitor = None
-        self.batches.close()
         for task in self.tasks.values():
             self._clear_timers(task)
 
@@ -543,7 +539,6 @@ class Engine:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
-        self.batches.worker_lost(worker)  # its batches' slots are not task ids
         for external_id in list(worker.running):
             task = self.tasks[external_id]
             if not task.status.is_final and task.worker_id == worker_id:
@@ -925,8 +920,6 @@ class Engine:
         task.created_at = utcnow()
         run = task.run
         if state is Status.QUEUED:
-            if task.spec.batch is not None and not self.batches.evaluate_key(task):
-                return  # its batch key could not be evaluated: it failed for good
             if task.spec.concurrency:
                 self._take_slots(task)
             if not task.status.is_final:
@@ -1033,10 +1026,7 @@ class Engine:
             if not self._assignable(task):
                 waiting.append(entry)
                 continue
-            if task.spec.batch is not None:  # it waits for its batch to flush (batches.py)
-                self.batches.buffer(task)
-                continue
-            worker = self._choose_worker(task)
+            worker = next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
             if worker is None:
                 waiting.append(entry)
                 continue
@@ -1051,9 +1041,6 @@ class Engine:
                 self._arm_timeout(task, task.spec.timeout_s)
             worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
         self._queue = waiting
-
-    def _choose_worker(self, task: TaskRun) -> Worker | None:
-        return next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
 
     def _assignable(self, task: TaskRun) -> bool:
         """Whether a queued task may be assigned now (what holds it back besides workers)."""
@@ -1253,7 +1240,6 @@ class Engine:
         worker = self.workers.get(task.worker_id or "")
         if worker is not None:
             worker.running.discard(task.external_id)
-        self.batches.released(task)
 
     def _send_cancel(self, task: TaskRun) -> None:
         worker = self.workers.get(task.worker_id or "")

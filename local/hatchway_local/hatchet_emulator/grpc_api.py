@@ -19,7 +19,7 @@ import grpc
 
 from hatchway.observability import logger
 
-from . import batches, contracts
+from . import contracts
 from .concurrency import ConcurrencyLimit
 from .conditions import Condition
 from .engine import (
@@ -82,7 +82,6 @@ class HatchetServices:
                 "SubscribeToWorkflowRuns": self.subscribe_to_workflow_runs,
                 "SendStepActionEvent": self.send_step_action_event,
                 "SendGroupKeyActionEvent": self._ack("ActionEventResponse"),
-                "SendBatchActionEvent": self.send_batch_action_event,
                 "PutOverridesData": self._ack("OverridesDataResponse"),
                 "Unsubscribe": self.unsubscribe,
                 "RefreshTimeout": self.refresh_timeout,
@@ -209,13 +208,6 @@ class HatchetServices:
             self.engine.listener_closed(worker)
 
     def _assigned_action(self, assignment: Assignment) -> Any:
-        if assignment.batch is not None:  # each item's payload as its own action's would be
-            return batches.start_batch_action(
-                self._m,
-                self.engine.tenant_id,
-                assignment.batch,
-                lambda t: self._assigned_action(Assignment("START_STEP_RUN", t)).action_payload,
-            )
         task = assignment.task
         run = task.run
         payload = {"input": run.input, "parents": self._parent_outputs(task)}
@@ -299,24 +291,6 @@ class HatchetServices:
             )
         elif kind == "STEP_EVENT_TYPE_CANCELLED":
             self.engine.task_cancelled_by_worker(external_id, retry_count)
-        return self._m("ActionEventResponse")(
-            tenant_id=self.engine.tenant_id, worker_id=request.worker_id
-        )
-
-    async def send_batch_action_event(
-        self, request: Any, _context: grpc.aio.ServicerContext
-    ) -> Any:
-        items = [
-            batches.ItemEvent(
-                item.task_run_external_id,
-                item.event_payload,
-                should_not_retry=bool(_optional(item, "should_not_retry")),
-                retry_after_ms=_optional(item, "retry_after_ms") or 0,
-            )
-            for item in request.items
-        ]
-        kind = contracts.enum_name("StepActionEventType", request.event_type)
-        self.engine.batches.event(request.batch_id, kind, items)
         return self._m("ActionEventResponse")(
             tenant_id=self.engine.tenant_id, worker_id=request.worker_id
         )
@@ -569,7 +543,6 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         schedule_timeout=task.schedule_timeout,
         concurrency=_limits(task.concurrency),
         conditions=_conditions(task.conditions),
-        batch=batches.BatchConfig.from_proto(task.batch) if task.HasField("batch") else None,
     )
 
 
@@ -641,6 +614,7 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("durable tasks", lambda t: t.is_durable),
     ("rate limits", lambda t: bool(t.rate_limits)),
     ("desired worker labels", lambda t: bool(t.worker_labels)),
+    ("batch tasks", lambda t: t.HasField("batch")),
     (
         "slot requests other than one default slot",
         lambda t: dict(t.slot_requests) not in ({}, {"default": 1}),
