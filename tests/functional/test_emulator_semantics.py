@@ -25,7 +25,14 @@ from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.functional.conftest import RawEvents
-from tests.functional.test_hatchet_emulator import collect, describe, named, result_of, start
+from tests.functional.test_hatchet_emulator import (
+    collect,
+    describe,
+    named,
+    paused_workers,
+    result_of,
+    start,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -100,16 +107,10 @@ async def test_rest_run_details_log_each_attempt_and_give_the_shape(hatchet: Hat
 async def test_run_details_list_only_the_tasks_created_so_far(
     hatchet: Hatchet, emulator: HatchetEmulator
 ) -> None:
-    workers = list(emulator.engine.workers)
-    for worker_id in workers:  # nothing runs: the dependents cannot exist yet
-        emulator.engine.set_paused(worker_id, paused=True)
-    try:
+    with paused_workers(emulator):  # nothing runs: the dependents cannot exist yet
         run_id = await start(hatchet, "t-branches")
         queued = await hatchet.runs.aio_get_details(run_id)
         rest = await hatchet.runs.aio_get(run_id)  # an unfinished run parses too
-    finally:
-        for worker_id in workers:
-            emulator.engine.set_paused(worker_id, paused=False)
 
     roots = ["doomed", "flaky_branch", "slow_branch"]
     assert sorted(queued.task_runs) == roots
@@ -141,16 +142,10 @@ async def test_a_task_that_cancels_itself_ends_alone(hatchet: Hatchet) -> None:
 async def test_cancelling_a_task_by_its_id_leaves_its_siblings_running(
     hatchet: Hatchet, emulator: HatchetEmulator
 ) -> None:
-    workers = list(emulator.engine.workers)
-    for worker_id in workers:
-        emulator.engine.set_paused(worker_id, paused=True)
-    try:
+    with paused_workers(emulator):
         run_id = await start(hatchet, "t-branches")
         details = await hatchet.runs.aio_get_details(run_id)
         await hatchet.runs.aio_cancel(details.task_runs["slow_branch"].external_id)
-    finally:
-        for worker_id in workers:
-            emulator.engine.set_paused(worker_id, paused=False)
 
     with pytest.raises(FailedTaskRunExceptionGroup):
         await result_of(hatchet, run_id)

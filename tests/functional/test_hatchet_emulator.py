@@ -4,8 +4,9 @@ process runs the tasks, the test process is the client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -60,18 +61,25 @@ async def start_watched(
     """Start a run with every worker paused until ``subscribe(run_id)`` is attached:
     events are live-only, and on a loaded machine the first ones (STARTED, a first
     failure, a first chunk) could otherwise pass before the subscriber."""
-    workers = list(emulator.engine.workers)
-    for worker_id in workers:
-        emulator.engine.set_paused(worker_id, paused=True)
-    try:
+    with paused_workers(emulator):
         run_id = await start(hatchet, workflow, input_)
         subscriber = asyncio.create_task(collect(subscribe(run_id)))
         while emulator.engine.subscription_count(run_id) == 0:  # noqa: ASYNC110 - the engine has no event for it
             await asyncio.sleep(0.01)
+    return run_id, subscriber
+
+
+@contextlib.contextmanager
+def paused_workers(emulator: HatchetEmulator) -> Iterator[None]:
+    """Every worker takes nothing new inside the block (queued tasks wait), then resumes."""
+    workers = list(emulator.engine.workers)
+    for worker_id in workers:
+        emulator.engine.set_paused(worker_id, paused=True)
+    try:
+        yield
     finally:
         for worker_id in workers:
             emulator.engine.set_paused(worker_id, paused=False)
-    return run_id, subscriber
 
 
 def named(display_name: str) -> str:

@@ -65,6 +65,12 @@ def display_name(name: str, created: datetime) -> str:
     return f"{name}-{int(created.timestamp() * 1000)}"
 
 
+def _duration_ms(started: datetime | None, finished: datetime | None) -> int | None:
+    if started is None or finished is None:
+        return None
+    return int((finished - started).total_seconds() * 1000)
+
+
 def _step_id(run: WorkflowRun, readable_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run.workflow.workflow_id}/{readable_id}"))
 
@@ -82,9 +88,7 @@ def _task_summary(task: TaskRun, tenant_id: str) -> dict[str, Any]:
     object ({} until the task completed), ``errorMessage`` a string ("" when none)."""
     run = task.run
     created = task.created_at or run.created_at
-    duration = None
-    if task.started_at is not None and task.finished_at is not None:
-        duration = int((task.finished_at - task.started_at).total_seconds() * 1000)
+    duration = _duration_ms(task.started_at, task.finished_at)
     return {
         "metadata": _meta(task.external_id, created, task.finished_at),
         "taskExternalId": task.external_id,
@@ -151,9 +155,7 @@ def _shape(run: WorkflowRun) -> list[dict[str, Any]]:
 
 
 def _run_details(run: WorkflowRun, tenant_id: str) -> dict[str, Any]:
-    duration = None
-    if run.started_at is not None and run.finished_at is not None:
-        duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
+    duration = _duration_ms(run.started_at, run.finished_at)
     return {
         "run": {
             "metadata": _meta(run.run_id, run.created_at, run.finished_at),
@@ -537,9 +539,7 @@ def _run_row(run: WorkflowRun, tenant_id: str) -> dict[str, Any]:
         row = _listed_task(task, tenant_id)
     else:
         row = _task_summary(next(iter(run.tasks.values())), tenant_id)
-        duration = None
-        if run.started_at is not None and run.finished_at is not None:
-            duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
+        duration = _duration_ms(run.started_at, run.finished_at)
         row |= {
             "taskExternalId": run.run_id,
             "taskInsertedAt": run.created_at.isoformat(),
