@@ -28,7 +28,10 @@ from pydantic import BaseModel
 
 from hatchway.payloads import Payloads
 from hatchway_local.demo.workflows import build_demo_workflows
+from tests.functional.batch_workflows import build_batch_workflows
+from tests.functional.durable_workflows import build_durable_workflows
 from tests.functional.rest_workflows import build_rest_workflows
+from tests.functional.scheduling_workflows import build_scheduling_workflows
 
 hatchet = Hatchet()
 
@@ -375,6 +378,9 @@ def main() -> None:
             conditioned,
             cancelled_by_condition,
             *build_rest_workflows(hatchet),
+            *build_scheduling_workflows(hatchet),
+            *build_batch_workflows(hatchet),
+            *build_durable_workflows(hatchet),
         ],
     )
     worker.start()

@@ -14,8 +14,10 @@ import grpc
 import pytest
 from hatchet_sdk import (
     Context,
+    DefaultFilter,
     EmptyModel,
     Hatchet,
+    RateLimit,
 )
 from hatchet_sdk.clients.rest.models.v1_task_event_type import V1TaskEventType
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
@@ -197,14 +199,13 @@ async def test_the_on_failure_task_is_skipped_when_nothing_fails(hatchet: Hatche
 async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     hatchet: Hatchet,
 ) -> None:
-    unsupported = hatchet.workflow(name="t-unsupported", on_crons=["*/5 * * * *"])
+    unsupported = hatchet.workflow(
+        name="t-unsupported",
+        default_filters=[DefaultFilter(expression="true", scope="s")],
+    )
 
-    @unsupported.task()
+    @unsupported.task(rate_limits=[RateLimit(static_key="external-api", units=1)])
     async def step(_input: EmptyModel, _ctx: Context) -> None:
-        return None
-
-    @unsupported.durable_task()
-    async def durable(_input: EmptyModel, _ctx: Context) -> None:
         return None
 
     with pytest.raises(grpc.RpcError) as refused:
@@ -214,8 +215,8 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     details = refused.value.details() or ""
     assert "'t-unsupported'" in details
-    assert "cron triggers" in details
-    assert "durable tasks (task 'durable')" in details
+    assert "default event filters" in details
+    assert "rate limits (task 'step')" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
         await start(hatchet, "t-unsupported")
 

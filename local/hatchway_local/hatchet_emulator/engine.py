@@ -28,6 +28,7 @@ Hatchway depends on them (see shared/notes/hatchet-engine.md):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import uuid
@@ -40,7 +41,7 @@ from typing import Any
 
 from hatchway.observability import logger
 
-from . import conditions
+from . import affinity, batches, conditions
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
@@ -94,6 +95,9 @@ class TaskSpec:
     schedule_timeout: str = ""  # how long it may wait for a worker before it is cancelled
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # task-level limits
     conditions: tuple[conditions.Condition, ...] = ()  # wait_for / skip_if / cancel_if
+    durable: bool = False  # a durable task: its event log lives in durable.py
+    worker_labels: tuple[affinity.DesiredLabel, ...] = ()  # the workers it wants (affinity.py)
+    batch: batches.BatchConfig | None = None  # a batch task: batches.py buffers and flushes it
 
     @property
     def timeout_s(self) -> float | None:
@@ -111,6 +115,7 @@ class WorkflowSpec:
     event_triggers: tuple[str, ...] = ()
     default_priority: int | None = None
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # workflow-level limits: a slot per run
+    sticky: str | None = None  # SOFT | HARD: a run's tasks want one worker (affinity.py)
     workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     version_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -184,6 +189,8 @@ class WorkflowRun:
     parent_task_external_id: str | None = None
     child_index: int | None = None
     child_key: str | None = None
+    desired_labels: tuple[affinity.DesiredLabel, ...] = ()  # the run's own: replace its tasks'
+    desired_worker_id: str | None = None  # a sticky run's root tasks want this worker
     status: Status = Status.QUEUED
     error: str | None = None
     created_at: datetime = field(default_factory=utcnow)
@@ -240,8 +247,9 @@ class EventSubscription:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    kind: str  # START_STEP_RUN | CANCEL_STEP_RUN
+    kind: str  # START_STEP_RUN | CANCEL_STEP_RUN | START_BATCH
     task: TaskRun
+    batch: batches.Batch | None = None  # START_BATCH: the whole batch (task is its first)
 
 
 @dataclass(eq=False, slots=True)
@@ -256,6 +264,7 @@ class Worker:
     listeners: int = 0
     paused: bool = False
     registered_at: datetime = field(default_factory=utcnow)
+    labels: dict[str, affinity.Label] = field(default_factory=dict)
 
     def can_take(self, action: str) -> bool:
         return (
@@ -310,6 +319,7 @@ class Engine:
         self._waiting: set[TaskRun] = set()  # tasks waiting for their conditions
         self._queued = 0  # arrival order, the tie-break between runs of one priority
         self._janitor: asyncio.Task[None] | None = None
+        self.batches = batches.Batches(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -322,6 +332,7 @@ class Engine:
             self._janitor.cancel()
             await asyncio.gather(self._janitor, return_exceptions=True)
             self._janitor = None
+        self.batches.close()
         for task in self.tasks.values():
             self._clear_timers(task)
 
@@ -341,14 +352,7 @@ class Engine:
                 )
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
-            spec = WorkflowSpec(
-                spec.name,
-                spec.tasks,
-                spec.event_triggers,
-                spec.default_priority,
-                spec.concurrency,
-                workflow_id=previous.workflow_id,
-            )
+            spec = dataclasses.replace(spec, workflow_id=previous.workflow_id)
         self.workflows[spec.name] = spec
         return spec
 
@@ -363,6 +367,8 @@ class Engine:
         parent_task_external_id: str | None = None,
         child_index: int | None = None,
         child_key: str | None = None,
+        desired_labels: tuple[affinity.DesiredLabel, ...] = (),
+        desired_worker_id: str | None = None,
     ) -> WorkflowRun:
         workflow = self.workflows.get(name)
         if not isinstance(additional_metadata or {}, dict):
@@ -390,6 +396,9 @@ class Engine:
             parent_task_external_id=parent_task_external_id,
             child_index=child_index,
             child_key=child_key,
+            desired_labels=desired_labels,
+            # honoured only when the workflow is sticky (trigger.proto's desired_worker_id)
+            desired_worker_id=desired_worker_id if workflow.sticky else None,
         )
         if workflow.concurrency:  # a key that cannot be evaluated refuses the trigger
             run.slots = Limiter.keys(workflow.name, workflow.concurrency, _key_variables(run))
@@ -539,6 +548,7 @@ class Engine:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
+        self.batches.worker_lost(worker)  # its batches' slots are not task ids
         for external_id in list(worker.running):
             task = self.tasks[external_id]
             if not task.status.is_final and task.worker_id == worker_id:
@@ -920,6 +930,8 @@ class Engine:
         task.created_at = utcnow()
         run = task.run
         if state is Status.QUEUED:
+            if task.spec.batch is not None and not self.batches.evaluate_key(task):
+                return  # its batch key could not be evaluated: it failed for good
             if task.spec.concurrency:
                 self._take_slots(task)
             if not task.status.is_final:
@@ -1026,7 +1038,10 @@ class Engine:
             if not self._assignable(task):
                 waiting.append(entry)
                 continue
-            worker = next((w for w in self.workers.values() if w.can_take(task.spec.action)), None)
+            if task.spec.batch is not None:  # it waits for its batch to flush (batches.py)
+                self.batches.buffer(task)
+                continue
+            worker = self._choose_worker(task)
             if worker is None:
                 waiting.append(entry)
                 continue
@@ -1041,6 +1056,25 @@ class Engine:
                 self._arm_timeout(task, task.spec.timeout_s)
             worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
         self._queue = waiting
+
+    def _choose_worker(self, task: TaskRun) -> Worker | None:
+        """A free worker for the task, by its desired labels or its run's sticky worker."""
+        run = task.run
+        desired_worker = run.desired_worker_id
+        for parent in task.spec.parents:  # a DAG task wants the worker of its first parent
+            desired_worker = run.tasks[parent].worker_id or desired_worker
+            break
+        return affinity.choose(
+            (w for w in self.workers.values() if w.can_take(task.spec.action)),
+            desired=run.desired_labels or task.spec.worker_labels,
+            sticky=run.workflow.sticky,
+            desired_worker_id=desired_worker,
+        )
+
+    def upsert_worker_labels(self, worker_id: str, labels: dict[str, affinity.Label]) -> None:
+        """Set (add or replace, key by key) a worker's labels; tasks may now fit it."""
+        self.get_worker(worker_id).labels.update(labels)
+        self._dispatch()
 
     def _assignable(self, task: TaskRun) -> bool:
         """Whether a queued task may be assigned now (what holds it back besides workers)."""
@@ -1240,6 +1274,7 @@ class Engine:
         worker = self.workers.get(task.worker_id or "")
         if worker is not None:
             worker.running.discard(task.external_id)
+        self.batches.released(task)
 
     def _send_cancel(self, task: TaskRun) -> None:
         worker = self.workers.get(task.worker_id or "")

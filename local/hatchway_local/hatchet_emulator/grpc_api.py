@@ -19,9 +19,11 @@ import grpc
 
 from hatchway.observability import logger
 
-from . import contracts
+from . import affinity, batches, contracts
 from .concurrency import ConcurrencyLimit
 from .conditions import Condition
+from .durable import state_for as durable_state
+from .durable_api import DurableServices
 from .engine import (
     BROKEN,
     Assignment,
@@ -36,6 +38,7 @@ from .engine import (
     parse_duration,
 )
 from .errors import EngineError
+from .schedules import check_cron, schedules_of
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
 # below v0.78.23 workers fall back to a legacy registration that it fails on
@@ -70,6 +73,7 @@ class HatchetServices:
         self.engine = engine
         self._token = token
         self._m = contracts.message
+        self.durable = DurableServices(engine)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         implementations: dict[str, dict[str, Any]] = {
@@ -82,6 +86,7 @@ class HatchetServices:
                 "SubscribeToWorkflowRuns": self.subscribe_to_workflow_runs,
                 "SendStepActionEvent": self.send_step_action_event,
                 "SendGroupKeyActionEvent": self._ack("ActionEventResponse"),
+                "SendBatchActionEvent": self.send_batch_action_event,
                 "PutOverridesData": self._ack("OverridesDataResponse"),
                 "Unsubscribe": self.unsubscribe,
                 "RefreshTimeout": self.refresh_timeout,
@@ -106,7 +111,7 @@ class HatchetServices:
                 "TriggerWorkflowRun": self.trigger_workflow_run,
                 "GetRunDetails": self.get_run_details,
             },
-            "v1.V1Dispatcher": {},
+            "v1.V1Dispatcher": self.durable.implementations(),
         }
         return [self._service_handler(name, impls) for name, impls in implementations.items()]
 
@@ -193,6 +198,8 @@ class HatchetServices:
     async def register(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         slots = _optional(request, "slots") or sum(request.slot_config.values()) or 100
         worker = self.engine.register_worker(request.worker_name, list(request.actions), slots)
+        labels = affinity.labels_from_proto(request.labels)
+        self.engine.upsert_worker_labels(worker.worker_id, labels)
         return self._m("WorkerRegisterResponse")(
             tenant_id=self.engine.tenant_id, worker_id=worker.worker_id, worker_name=worker.name
         )
@@ -208,6 +215,13 @@ class HatchetServices:
             self.engine.listener_closed(worker)
 
     def _assigned_action(self, assignment: Assignment) -> Any:
+        if assignment.batch is not None:  # each item's payload as its own action's would be
+            return batches.start_batch_action(
+                self._m,
+                self.engine.tenant_id,
+                assignment.batch,
+                lambda t: self._assigned_action(Assignment("START_STEP_RUN", t)).action_payload,
+            )
         task = assignment.task
         run = task.run
         payload = {"input": run.input, "parents": self._parent_outputs(task)}
@@ -242,6 +256,10 @@ class HatchetServices:
             action.child_workflow_index = run.child_index
         if run.child_key is not None:
             action.child_workflow_key = run.child_key
+        if task.spec.durable and assignment.kind == "START_STEP_RUN":  # a new invocation
+            action.durable_task_invocation_count = durable_state(self.engine).invocation_started(
+                task
+            )
         _stamp(action, "task_inserted_at", run.created_at)
         return action
 
@@ -269,6 +287,8 @@ class HatchetServices:
         )
 
     async def upsert_worker_labels(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        labels = affinity.labels_from_proto(request.labels)
+        self.engine.upsert_worker_labels(request.worker_id, labels)
         return self._m("UpsertWorkerLabelsResponse")(
             tenant_id=self.engine.tenant_id, worker_id=request.worker_id
         )
@@ -291,6 +311,24 @@ class HatchetServices:
             )
         elif kind == "STEP_EVENT_TYPE_CANCELLED":
             self.engine.task_cancelled_by_worker(external_id, retry_count)
+        return self._m("ActionEventResponse")(
+            tenant_id=self.engine.tenant_id, worker_id=request.worker_id
+        )
+
+    async def send_batch_action_event(
+        self, request: Any, _context: grpc.aio.ServicerContext
+    ) -> Any:
+        items = [
+            batches.ItemEvent(
+                item.task_run_external_id,
+                item.event_payload,
+                should_not_retry=bool(_optional(item, "should_not_retry")),
+                retry_after_ms=_optional(item, "retry_after_ms") or 0,
+            )
+            for item in request.items
+        ]
+        kind = contracts.enum_name("StepActionEventType", request.event_type)
+        self.engine.batches.event(request.batch_id, kind, items)
         return self._m("ActionEventResponse")(
             tenant_id=self.engine.tenant_id, worker_id=request.worker_id
         )
@@ -443,6 +481,7 @@ class HatchetServices:
             request.key, payload, metadata, scope=scope, priority=_optional(request, "priority")
         )
         self.engine.match_user_event(request.key, payload, scope)
+        durable_state(self.engine).match_user_event(request.key, payload, scope)
         event = self._m("Event")(
             tenant_id=self.engine.tenant_id,
             event_id=event_id,
@@ -473,6 +512,8 @@ class HatchetServices:
             parent_task_external_id=_optional(request, "parent_task_run_external_id"),
             child_index=_optional(request, "child_index"),
             child_key=_optional(request, "child_key"),
+            desired_labels=affinity.desired_from_proto(request.desired_worker_labels),
+            desired_worker_id=_optional(request, "desired_worker_id"),
         )
 
     async def trigger_workflow_run(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
@@ -481,11 +522,14 @@ class HatchetServices:
             _loads(request.input, {}),
             _loads(request.additional_metadata, {}),
             priority=_optional(request, "priority"),
+            desired_labels=affinity.desired_from_proto(request.desired_worker_labels),
         )
         return self._m("v1.TriggerWorkflowRunResponse")(external_id=run.run_id)
 
     async def put_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         refuse_unemulated(request)
+        for cron in request.cron_triggers:  # refused before anything is registered
+            check_cron(cron)
         tasks = {task.readable_id: _task_spec(task) for task in request.tasks}
         if request.HasField("on_failure_task"):
             on_failure = _task_spec(request.on_failure_task, on_failure=True)
@@ -500,8 +544,13 @@ class HatchetServices:
                     [request.concurrency] if request.HasField("concurrency") else []
                 )
                 + _limits(request.concurrency_arr),
+                sticky=contracts.enum_name("v1.StickyStrategy", request.sticky)
+                if request.HasField("sticky")
+                else None,
             )
         )
+        cron_input = _loads(_optional(request, "cron_input") or "", {})
+        schedules_of(self.engine).declare(spec.name, list(request.cron_triggers), cron_input)
         return self._m("v1.CreateWorkflowVersionResponse")(
             id=spec.version_id, workflow_id=spec.workflow_id
         )
@@ -527,6 +576,7 @@ class HatchetServices:
                 detail.output = task.output.encode()
             if task.failed and task.error is not None:
                 detail.error = task.error
+            detail.is_evicted = durable_state(self.engine).is_evicted(task)
         return response
 
 
@@ -543,6 +593,9 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         schedule_timeout=task.schedule_timeout,
         concurrency=_limits(task.concurrency),
         conditions=_conditions(task.conditions),
+        durable=task.is_durable,
+        worker_labels=affinity.desired_from_proto(task.worker_labels),
+        batch=batches.BatchConfig.from_proto(task.batch) if task.HasField("batch") else None,
     )
 
 
@@ -595,8 +648,6 @@ _UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
         ),
     ),
-    ("cron triggers", lambda w: bool(w.cron_triggers)),
-    ("sticky worker assignment", lambda w: w.HasField("sticky")),
     ("default event filters", lambda w: bool(w.default_filters)),
     ("idempotency keys", lambda w: w.HasField("idempotency")),
 )
@@ -611,13 +662,12 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             c.HasField("consider_events_since") for c in t.conditions.user_event_conditions
         ),
     ),
-    ("durable tasks", lambda t: t.is_durable),
     ("rate limits", lambda t: bool(t.rate_limits)),
-    ("desired worker labels", lambda t: bool(t.worker_labels)),
-    ("batch tasks", lambda t: t.HasField("batch")),
     (
-        "slot requests other than one default slot",
-        lambda t: dict(t.slot_requests) not in ({}, {"default": 1}),
+        "slot requests other than one default slot (one durable slot for a durable task)",
+        lambda t: (
+            dict(t.slot_requests) not in ({}, {"durable": 1} if t.is_durable else {"default": 1})
+        ),
     ),
 )
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
+from . import affinity, durable_api
 from .engine import (
     Engine,
     Status,
@@ -30,6 +31,7 @@ from .engine import (
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent
 from .grpc_api import bearer_matches, run_status_name
+from .schedules_rest import routes as schedule_routes
 
 if TYPE_CHECKING:
     from .server import HatchetEmulator
@@ -481,12 +483,20 @@ def _matching_runs(
         if (since is None or run.created_at >= since)
         and (until is None or run.created_at <= until)
         and (not workflow_ids or run.workflow.workflow_id in workflow_ids)
-        and (parent is None or run.parent_task_external_id == parent)
+        and (parent is None or parent in _parent_ids(engine, run))
         and (event_id is None or run.additional_metadata.get("hatchet__event_id") == event_id)
         and _metadata_matches(run, pairs, operator)
     ]
     runs.sort(key=lambda run: run.created_at, reverse=True)
     return runs
+
+
+def _parent_ids(engine: Engine, run: WorkflowRun) -> tuple[str | None, ...]:
+    """The ids a child run's parent task goes by: its own, and its run's when that run is a
+    standalone task (on the real engine a standalone task's run id is its task id)."""
+    parent_run = engine.runs.get(run.parent_run_id or "")
+    standalone = parent_run is not None and len(parent_run.tasks) == 1
+    return (run.parent_task_external_id, run.parent_run_id if standalone else None)
 
 
 def _ids_or_filter(engine: Engine, body: dict[str, Any]) -> list[str]:
@@ -614,7 +624,7 @@ def _worker(worker: Worker) -> dict[str, Any]:
         "slotConfig": {
             "default": {"limit": worker.slots, "available": worker.slots - len(worker.running)}
         },
-        "labels": [],
+        "labels": affinity.rest_labels(worker, registered),
     }
 
 
@@ -760,4 +770,6 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
             web.post("/_emulator/restart", control_restart),
         ]
     )
+    app.add_routes(schedule_routes())  # crons and scheduled runs (schedules_rest.py)
+    app.add_routes(durable_api.rest_routes(lambda request: request.app[EMULATOR_KEY].engine))
     return app

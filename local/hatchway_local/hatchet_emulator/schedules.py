@@ -1,0 +1,263 @@
+"""Cron triggers and scheduled runs, as Hatchet's ticker starts them.
+
+- A workflow's ``cron_triggers`` are its declarative crons (method ``DEFAULT``, input
+  ``cron_input``); registering a new version replaces them. Crons made over REST are
+  ``API`` crons, kept across versions.
+- At each fire time the cron triggers its workflow with its input and its metadata plus
+  ``hatchet__cron_expression``, ``hatchet__cron_scheduled_at`` (RFC 3339, the fire time)
+  and ``hatchet__cron_name`` when it has a name (``RunCronWorkflow`` in
+  internal/services/ticker/cron_v1.go); triggering a cron by hand does the same with
+  the present time (api/v1/server/handlers/workflows/trigger_cron.go). A disabled cron
+  does not fire.
+- A scheduled run is triggered once at its time with its input and metadata
+  (internal/services/ticker/schedule_workflow_v1.go); the run's id, status and creation
+  time show on the schedule from then on.
+
+Expressions are the standard five fields (cronsim, in UTC). The engine's gocron also
+takes a leading seconds field; that is refused at registration and on create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from cronsim import CronSim, CronSimError
+
+from hatchway.observability import logger
+
+from .errors import EngineError
+
+if TYPE_CHECKING:
+    from .engine import Engine, WorkflowRun
+
+CRON_EXPRESSION_KEY = "hatchet__cron_expression"
+CRON_NAME_KEY = "hatchet__cron_name"
+CRON_SCHEDULED_AT_KEY = "hatchet__cron_scheduled_at"
+
+
+def check_cron(expression: str) -> None:
+    """Refuse what this emulator cannot schedule as the engine would."""
+    if len(expression.split()) != 5:
+        raise EngineError(
+            "UNIMPLEMENTED" if len(expression.split()) == 6 else "INVALID_ARGUMENT",
+            f"cron expression {expression!r}: the Hatchway Hatchet emulator takes five "
+            "fields (minute hour day month weekday)",
+        )
+    try:
+        CronSim(expression, datetime.now(UTC))
+    except CronSimError as error:
+        raise EngineError("INVALID_ARGUMENT", f"invalid cron expression {expression!r}") from error
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False, slots=True)
+class Cron:
+    workflow: str
+    expression: str
+    input: dict[str, Any]
+    additional_metadata: dict[str, Any]
+    name: str | None = None
+    method: str = "API"  # DEFAULT: declared by the workflow
+    priority: int | None = None
+    enabled: bool = True
+    cron_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=utcnow)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Scheduled:
+    workflow: str
+    trigger_at: datetime
+    input: dict[str, Any]
+    additional_metadata: dict[str, Any]
+    method: str = "API"
+    priority: int | None = None
+    schedule_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=utcnow)
+    run_id: str | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Schedules:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.crons: dict[str, Cron] = {}
+        self.scheduled: dict[str, Scheduled] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- crons -------------------------------------------------------------------------
+
+    def declare(self, workflow: str, expressions: list[str], cron_input: dict[str, Any]) -> None:
+        """A new version's declarative crons replace the previous version's."""
+        for expression in expressions:
+            check_cron(expression)
+        for cron in [c for c in self.crons.values() if c.workflow == workflow]:
+            if cron.method == "DEFAULT":
+                self.delete_cron(cron.cron_id)
+        for expression in expressions:
+            self._add(Cron(workflow, expression, dict(cron_input), {}, method="DEFAULT"))
+
+    def create_cron(  # noqa: PLR0917 - a cron's fields, as the REST body has them
+        self,
+        workflow: str,
+        expression: str,
+        input_: dict[str, Any],
+        additional_metadata: dict[str, Any],
+        name: str | None,
+        priority: int | None,
+    ) -> Cron:
+        self._known(workflow)
+        check_cron(expression)
+        cron = Cron(workflow, expression, input_, additional_metadata, name, priority=priority)
+        return self._add(cron)
+
+    def _add(self, cron: Cron) -> Cron:
+        self.crons[cron.cron_id] = cron
+        self._arm(cron)
+        return cron
+
+    def get_cron(self, cron_id: str) -> Cron:
+        cron = self.crons.get(cron_id)
+        if cron is None:
+            raise EngineError("NOT_FOUND", f"cron {cron_id!r} not found")
+        return cron
+
+    def delete_cron(self, cron_id: str) -> Cron:
+        cron = self.get_cron(cron_id)
+        del self.crons[cron_id]
+        if cron.timer is not None:
+            cron.timer.cancel()
+        return cron
+
+    def set_enabled(self, cron_id: str, *, enabled: bool) -> Cron:
+        cron = self.get_cron(cron_id)
+        cron.enabled = enabled
+        return cron
+
+    def _arm(self, cron: Cron) -> None:
+        now = utcnow()
+        fire_at = next(CronSim(cron.expression, now.replace(microsecond=0)))
+        loop = asyncio.get_running_loop()
+        cron.timer = loop.call_later(
+            max((fire_at - now).total_seconds(), 0.0), self._fire_cron, cron, fire_at
+        )
+
+    def _fire_cron(self, cron: Cron, fire_at: datetime) -> None:
+        if self.crons.get(cron.cron_id) is not cron:
+            return
+        self._arm(cron)
+        if cron.enabled:
+            self._spawn(self.trigger_cron(cron, fire_at))
+
+    async def trigger_cron(self, cron: Cron, at: datetime | None = None) -> WorkflowRun:
+        metadata = dict(cron.additional_metadata)
+        metadata[CRON_EXPRESSION_KEY] = cron.expression
+        metadata[CRON_SCHEDULED_AT_KEY] = (at or utcnow()).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if cron.name is not None:
+            metadata[CRON_NAME_KEY] = cron.name
+        return await self.engine.trigger(
+            cron.workflow, dict(cron.input), metadata, priority=cron.priority
+        )
+
+    # -- scheduled runs ------------------------------------------------------------------
+
+    def schedule(
+        self,
+        workflow: str,
+        trigger_at: datetime,
+        input_: dict[str, Any],
+        additional_metadata: dict[str, Any],
+        priority: int | None = None,
+    ) -> Scheduled:
+        self._known(workflow)
+        scheduled = Scheduled(workflow, trigger_at, input_, additional_metadata, priority=priority)
+        self.scheduled[scheduled.schedule_id] = scheduled
+        self._arm_scheduled(scheduled)
+        return scheduled
+
+    def get_scheduled(self, schedule_id: str) -> Scheduled:
+        scheduled = self.scheduled.get(schedule_id)
+        if scheduled is None:
+            raise EngineError("NOT_FOUND", f"scheduled run {schedule_id!r} not found")
+        return scheduled
+
+    def delete_scheduled(self, schedule_id: str) -> Scheduled:
+        scheduled = self.get_scheduled(schedule_id)
+        del self.scheduled[schedule_id]
+        if scheduled.timer is not None:
+            scheduled.timer.cancel()
+        return scheduled
+
+    def reschedule(self, schedule_id: str, trigger_at: datetime) -> Scheduled:
+        scheduled = self.get_scheduled(schedule_id)
+        if scheduled.run_id is not None:
+            raise EngineError("INVALID_ARGUMENT", "the scheduled run has already been triggered")
+        if scheduled.timer is not None:
+            scheduled.timer.cancel()
+        scheduled.trigger_at = trigger_at
+        self._arm_scheduled(scheduled)
+        return scheduled
+
+    def _arm_scheduled(self, scheduled: Scheduled) -> None:
+        delay = (scheduled.trigger_at - utcnow()).total_seconds()
+        loop = asyncio.get_running_loop()
+        scheduled.timer = loop.call_later(max(delay, 0.0), self._fire_scheduled, scheduled)
+
+    def _fire_scheduled(self, scheduled: Scheduled) -> None:
+        scheduled.timer = None
+        if self.scheduled.get(scheduled.schedule_id) is scheduled and scheduled.run_id is None:
+            self._spawn(self.trigger_scheduled(scheduled))
+
+    async def trigger_scheduled(self, scheduled: Scheduled) -> WorkflowRun:
+        run = await self.engine.trigger(
+            scheduled.workflow,
+            dict(scheduled.input),
+            dict(scheduled.additional_metadata),
+            priority=scheduled.priority,
+        )
+        scheduled.run_id = run.run_id
+        return run
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _known(self, workflow: str) -> None:
+        if workflow not in self.engine.workflows:
+            raise EngineError("NOT_FOUND", f"workflow {workflow!r} is not registered")
+
+    def _spawn(self, coroutine: Any) -> None:  # noqa: ANN401 - a coroutine of a run
+        async def guarded() -> None:
+            try:
+                await coroutine
+            except EngineError as error:  # the ticker logs it; nothing else waits for it
+                logger.warning("schedule could not trigger its run", error=str(error))
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        timers = [c.timer for c in self.crons.values()]
+        timers += [s.timer for s in self.scheduled.values()]
+        for timer in timers:
+            if timer is not None:
+                timer.cancel()
+
+
+_SCHEDULES: weakref.WeakKeyDictionary[Engine, Schedules] = weakref.WeakKeyDictionary()
+
+
+def schedules_of(engine: Engine) -> Schedules:
+    """The engine's crons and scheduled runs (made on first use)."""
+    schedules = _SCHEDULES.get(engine)
+    if schedules is None:
+        schedules = _SCHEDULES[engine] = Schedules(engine)
+    return schedules

@@ -1,0 +1,100 @@
+"""Workflows for the scheduling tests (tests/functional/test_emulator_<feature>.py):
+worker affinity, sticky assignment, crons and schedules, idempotency keys. Every task
+reports the worker that ran it, so the tests can tell where each one went."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hatchet_sdk import (
+    Context,
+    EmptyModel,
+    Hatchet,
+    StickyStrategy,
+    WorkerLabelComparator,
+)
+from hatchet_sdk.labels import DesiredWorkerLabel
+from pydantic import BaseModel
+
+SIDE_WORKER_NAME = "hatchway-scheduling-worker"
+# The second worker's labels (tests/functional/scheduling_worker.py); the main test
+# worker has none until a test gives it some.
+SIDE_LABELS: dict[str, str | int] = {"model": "fancy-v2", "memory": 512, "pool": "side"}
+
+
+def build_scheduling_workflows(hatchet: Hatchet) -> list[Any]:
+    return [*_affinity(hatchet), *_sticky(hatchet), *_schedules(hatchet)]
+
+
+def _where(ctx: Context) -> dict[str, Any]:
+    return {"worker": ctx.worker_id}
+
+
+def _affinity(hatchet: Hatchet) -> list[Any]:
+    @hatchet.task(
+        name="t-affinity",
+        desired_worker_labels=[
+            DesiredWorkerLabel(key="model", value="fancy-v2", weight=10),
+            DesiredWorkerLabel(
+                key="memory", value=1024, required=True, comparator=WorkerLabelComparator.LESS_THAN
+            ),
+        ],
+    )
+    async def affinity(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+        await asyncio.sleep(0.2)
+        return _where(ctx)
+
+    anywhere = hatchet.workflow(name="t-affinity-runtime")  # no labels of its own
+
+    @anywhere.task()
+    async def runtime_first(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+        return _where(ctx)
+
+    @anywhere.task(parents=[runtime_first])
+    async def runtime_second(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+        return _where(ctx)
+
+    return [affinity, anywhere]
+
+
+def _sticky(hatchet: Hatchet) -> list[Any]:
+    workflows = []
+    for strategy in (StickyStrategy.HARD, StickyStrategy.SOFT):
+        sticky = hatchet.workflow(name=f"t-sticky-{strategy.value.lower()}", sticky=strategy)
+
+        @sticky.task()
+        async def sticky_first(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+            await asyncio.sleep(1.0)  # long enough for the test to move the other worker
+            return _where(ctx)
+
+        @sticky.task(parents=[sticky_first])
+        async def sticky_second(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+            return _where(ctx)
+
+        @sticky.task(parents=[sticky_first])
+        async def sticky_third(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+            return _where(ctx)
+
+        workflows.append(sticky)
+    return workflows
+
+
+CRON_EXPRESSION = "0 0 * 1 0"  # rarely: the tests trigger it by hand
+
+
+class GreetingInput(BaseModel):
+    name: str = "nobody"
+
+
+def _schedules(hatchet: Hatchet) -> list[Any]:
+    @hatchet.task(
+        name="t-cron",
+        input_validator=GreetingInput,
+        on_crons=[CRON_EXPRESSION],
+        cron_input=GreetingInput(name="cron"),
+    )
+    async def greet(input: GreetingInput, ctx: Context) -> dict[str, Any]:  # noqa: A002
+        return {"hello": input.name, "metadata": ctx.additional_metadata}
+
+    return [greet]

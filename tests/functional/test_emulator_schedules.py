@@ -1,0 +1,119 @@
+"""Cron triggers and scheduled runs through the SDK's hatchet.cron and
+hatchet.scheduled clients (REST), run by the real test worker. Semantics:
+schedules.py."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+from hatchet_sdk import Hatchet
+from hatchet_sdk.clients.rest.exceptions import NotFoundException
+
+from hatchway_local.hatchet_emulator.schedules import schedules_of
+from hatchway_local.hatchet_emulator.server import HatchetEmulator
+from tests.functional.scheduling_workflows import CRON_EXPRESSION
+from tests.functional.test_hatchet_emulator import result_of
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+async def workflow_id(hatchet: Hatchet, name: str) -> str:
+    listed = await hatchet.workflows.aio_list(workflow_name=name)
+    return next(w.metadata.id for w in listed.rows or [] if w.name == name)
+
+
+async def test_a_declared_cron_is_listed_and_runs_with_its_input(hatchet: Hatchet) -> None:
+    crons = await hatchet.cron.aio_list(workflow_id=await workflow_id(hatchet, "t-cron"))
+    declared = [c for c in crons.rows or [] if c.method.value == "DEFAULT"]
+    assert len(declared) == 1  # registered by two workers, declared once
+    assert declared[0].cron == CRON_EXPRESSION
+    assert declared[0].input == {"name": "cron"}
+    with hatchet.cron.client() as client:
+        triggered = await asyncio.to_thread(
+            hatchet.cron._wa(client).workflow_cron_trigger,
+            tenant=hatchet.tenant_id,
+            cron_workflow=declared[0].metadata.id,
+        )
+    result = (await result_of(hatchet, triggered.external_id))["t-cron"]
+    assert result["hello"] == "cron"
+    assert result["metadata"]["hatchet__cron_expression"] == CRON_EXPRESSION
+    assert "hatchet__cron_name" not in result["metadata"]
+
+
+async def test_a_cron_fires_on_its_schedule_with_its_metadata(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    tag = str(uuid4())
+    cron = await hatchet.cron.aio_create(
+        "t-cron", f"daily-{tag}", "0 9 * * *", {"name": "api"}, {"tag": tag}
+    )
+    assert cron.enabled
+    assert cron.method.value == "API"
+    assert cron.name == f"daily-{tag}"
+    assert (await hatchet.cron.aio_get(cron.metadata.id)).cron == "0 9 * * *"
+    assert [
+        c.metadata.id for c in (await hatchet.cron.aio_list(cron_name=f"daily-{tag}")).rows or []
+    ] == [cron.metadata.id]
+    # The tick at 09:00 UTC, without waiting for it: what the timer calls.
+    schedules = schedules_of(emulator.engine)
+    at = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    schedules._fire_cron(schedules.get_cron(cron.metadata.id), at)
+    runs = []
+    while not runs:
+        runs = [r for r in emulator.engine.runs.values() if r.additional_metadata.get("tag") == tag]
+        await asyncio.sleep(0.05)
+    result = (await result_of(hatchet, runs[0].run_id))["t-cron"]
+    assert result["hello"] == "api"
+    assert result["metadata"] == {
+        "tag": tag,
+        "hatchet__cron_expression": "0 9 * * *",
+        "hatchet__cron_name": f"daily-{tag}",
+        "hatchet__cron_scheduled_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    await hatchet.cron.aio_delete(cron.metadata.id)
+    with pytest.raises(NotFoundException):
+        await hatchet.cron.aio_get(cron.metadata.id)
+
+
+async def test_a_cron_with_seconds_is_refused(hatchet: Hatchet) -> None:
+    with pytest.raises(Exception, match="five"):
+        await hatchet.cron.aio_create("t-cron", "with-seconds", "*/5 * * * * *", {}, {})
+
+
+async def test_a_scheduled_run_starts_at_its_time(hatchet: Hatchet) -> None:
+    tag = str(uuid4())
+    trigger_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    scheduled = await hatchet.scheduled.aio_create(
+        "t-cron", trigger_at, {"name": "later"}, {"tag": tag}
+    )
+    fetched = await hatchet.scheduled.aio_get(scheduled.metadata.id)
+    assert fetched.workflow_run_id is None
+    assert abs((fetched.trigger_at - trigger_at).total_seconds()) < 0.01
+    while (await hatchet.scheduled.aio_get(scheduled.metadata.id)).workflow_run_id is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    started = datetime.now(UTC)
+    assert started >= trigger_at
+    fetched = await hatchet.scheduled.aio_get(scheduled.metadata.id)
+    result = (await result_of(hatchet, fetched.workflow_run_id))["t-cron"]
+    assert result == {"hello": "later", "metadata": {"tag": tag}}
+    listed = await hatchet.scheduled.aio_list(additional_metadata={"tag": tag})
+    assert [s.metadata.id for s in listed.rows or []] == [scheduled.metadata.id]
+
+
+async def test_a_deleted_or_rescheduled_run_does_not_start_at_the_old_time(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=0.5)
+    deleted = await hatchet.scheduled.aio_create("t-cron", soon, {}, {})
+    moved = await hatchet.scheduled.aio_create("t-cron", soon, {}, {})
+    await hatchet.scheduled.aio_delete(deleted.metadata.id)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await hatchet.scheduled.aio_update(moved.metadata.id, later)
+    await asyncio.sleep(1.0)
+    assert (await hatchet.scheduled.aio_get(moved.metadata.id)).workflow_run_id is None
+    with pytest.raises(NotFoundException):
+        await hatchet.scheduled.aio_get(deleted.metadata.id)
+    await hatchet.scheduled.aio_delete(moved.metadata.id)
