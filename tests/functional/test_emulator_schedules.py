@@ -1,5 +1,6 @@
 """Cron triggers and scheduled runs through the SDK's hatchet.cron and
-hatchet.scheduled clients (REST), run by the real test worker. Semantics:
+hatchet.scheduled clients (REST) and workflow.schedule (gRPC), run by the real
+test worker. Semantics:
 schedules.py."""
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+import grpc
 import pytest
 from hatchet_sdk import Hatchet
 from hatchet_sdk.clients.rest.exceptions import NotFoundException
 
 from hatchway_local.hatchet_emulator.schedules import schedules_of
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
-from tests.functional.scheduling_workflows import CRON_EXPRESSION
+from tests.functional.scheduling_workflows import CRON_EXPRESSION, GreetingInput
 from tests.functional.test_hatchet_emulator import result_of
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -117,3 +119,27 @@ async def test_a_deleted_or_rescheduled_run_does_not_start_at_the_old_time(
     with pytest.raises(NotFoundException):
         await hatchet.scheduled.aio_get(deleted.metadata.id)
     await hatchet.scheduled.aio_delete(moved.metadata.id)
+
+
+async def test_workflow_schedule_over_grpc_makes_a_scheduled_run(hatchet: Hatchet) -> None:
+    tag = str(uuid4())
+    trigger_at = datetime.now(UTC) + timedelta(seconds=1)
+    greeter = hatchet.workflow(name="t-cron", input_validator=GreetingInput)
+    version = await greeter.aio_schedule(
+        trigger_at, GreetingInput(name="grpc"), additional_metadata={"tag": tag}
+    )
+    assert version.workflow_id == await workflow_id(hatchet, "t-cron")
+    [made] = version.scheduled_workflows
+    assert abs((made.trigger_at.ToDatetime(tzinfo=UTC) - trigger_at).total_seconds()) < 0.01
+    while (await hatchet.scheduled.aio_get(made.id)).workflow_run_id is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    run_id = (await hatchet.scheduled.aio_get(made.id)).workflow_run_id
+    assert run_id is not None
+    result = (await result_of(hatchet, run_id))["t-cron"]
+    assert result == {"hello": "grpc", "metadata": {"tag": tag}}
+
+
+async def test_scheduling_an_unknown_workflow_is_not_found(hatchet: Hatchet) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        await hatchet.workflow(name="t-no-such-workflow").aio_schedule(datetime.now(UTC))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND

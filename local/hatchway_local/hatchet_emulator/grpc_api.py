@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -103,6 +103,7 @@ class HatchetServices:
             "WorkflowService": {
                 "TriggerWorkflow": self.trigger_workflow,
                 "BulkTriggerWorkflow": self.bulk_trigger_workflow,
+                "ScheduleWorkflow": self.schedule_workflow,
                 "PutRateLimit": self._ack("PutRateLimitResponse"),
             },
             "v1.AdminService": {
@@ -515,6 +516,36 @@ class HatchetServices:
             desired_labels=affinity.desired_from_proto(request.desired_worker_labels),
             desired_worker_id=_optional(request, "desired_worker_id"),
         )
+
+    async def schedule_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        """``workflow.schedule(at)``: a scheduled run per time, as ``hatchet.scheduled.create``
+        makes over REST; answered with the workflow's version and the schedules made."""
+        if _optional(request, "parent_id") or _optional(request, "parent_task_run_external_id"):
+            raise EngineError(
+                "UNIMPLEMENTED",
+                "the Hatchway Hatchet emulator does not emulate scheduling a child run "
+                "(ScheduleWorkflow with a parent); trigger the child instead",
+            )
+        schedules = schedules_of(self.engine)
+        made = [
+            schedules.schedule(
+                request.name,
+                when.ToDatetime(tzinfo=UTC),
+                _loads(request.input, {}),
+                _loads(_optional(request, "additional_metadata") or "", {}),
+                _optional(request, "priority"),
+            )
+            for when in request.schedules
+        ]
+        spec = self.engine.workflows[request.name]  # schedule() refused an unknown one
+        version = self._m("WorkflowVersion")(
+            id=spec.version_id,
+            workflow_id=spec.workflow_id,
+            scheduled_workflows=[self._m("ScheduledWorkflow")(id=s.schedule_id) for s in made],
+        )
+        for message, scheduled in zip(version.scheduled_workflows, made, strict=True):
+            _stamp(message, "trigger_at", scheduled.trigger_at)
+        return version
 
     async def trigger_workflow_run(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         run = await self.engine.trigger(
