@@ -1,15 +1,18 @@
 """Workflows for the REST catalog tests (tests/functional/test_emulator_rest.py): an
-event-triggered task that returns its filter payload, a task that fails on its first
+event-triggered task that returns its filter payload (one with a default filter of its
+own), a task that fails on its first
 attempt only (replay), a DAG whose second task fails until replayed, and a task to pause."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hatchet_sdk import Context, EmptyModel, Hatchet
+from hatchet_sdk import Context, DefaultFilter, EmptyModel, Hatchet
 
 REST_EVENT_KEY = "t-rest:created"
 REST_WILDCARD_KEY = "t-rest-sub:*"
+DECLARED_EVENT_KEY = "t-rest:declared"
+DECLARED_SCOPE = "t-rest-declared-scope"
 
 
 def build_rest_workflows(hatchet: Hatchet) -> list[Any]:
@@ -17,6 +20,18 @@ def build_rest_workflows(hatchet: Hatchet) -> list[Any]:
 
     @on_event.task()
     async def echo_filter(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
+        return dict(ctx.filter_payload)
+
+    declared = hatchet.workflow(
+        name="t-rest-declared-filter",
+        on_events=[DECLARED_EVENT_KEY],
+        default_filters=[
+            DefaultFilter(expression="input.go == true", scope=DECLARED_SCOPE, payload={"d": 1})
+        ],
+    )
+
+    @declared.task()
+    async def echo_declared(_input: EmptyModel, ctx: Context) -> dict[str, Any]:
         return dict(ctx.filter_payload)
 
     @hatchet.task(name="t-rest-first-try-fails")
@@ -45,4 +60,4 @@ def build_rest_workflows(hatchet: Hatchet) -> list[Any]:
     async def pausable(_input: EmptyModel, _ctx: Context) -> dict[str, str]:
         return {"result": "done"}
 
-    return [on_event, first_try_fails, chain, pausable]
+    return [on_event, declared, first_try_fails, chain, pausable]

@@ -11,13 +11,21 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from hatchet_sdk import BulkCancelReplayOpts, Hatchet, RunFilter, TriggerWorkflowOptions
+from hatchet_sdk import (
+    BulkCancelReplayOpts,
+    Context,
+    DefaultFilter,
+    EmptyModel,
+    Hatchet,
+    RunFilter,
+    TriggerWorkflowOptions,
+)
 from hatchet_sdk.clients.rest.exceptions import NotFoundException
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
 from hatchet_sdk.clients.rest.models.v1_update_filter_request import V1UpdateFilterRequest
 
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
-from tests.functional.rest_workflows import REST_EVENT_KEY
+from tests.functional.rest_workflows import DECLARED_EVENT_KEY, DECLARED_SCOPE, REST_EVENT_KEY
 from tests.functional.test_hatchet_emulator import AnyInput, named, result_of, start
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -209,6 +217,58 @@ async def test_filters_gate_event_runs_by_scope_and_expression(
             await hatchet.filters.aio_delete(f.metadata.id)
     unfiltered = await engine.push_event(REST_EVENT_KEY, {"go": False}, {})
     assert len(await runs_of_event(hatchet, unfiltered)) == 1  # no filters: always triggered
+
+
+async def test_a_workflows_default_filter_gates_its_events(hatchet: Hatchet) -> None:
+    wf = await workflow_id(hatchet, "t-rest-declared-filter")
+    [declared] = (await hatchet.filters.aio_list(workflow_ids=[wf])).rows or []
+    assert declared.is_declarative
+    assert (declared.scope, declared.expression) == (DECLARED_SCOPE, "input.go == true")
+    go = await hatchet.event.aio_push(DECLARED_EVENT_KEY, {"go": True}, scope=DECLARED_SCOPE)
+    stay = await hatchet.event.aio_push(DECLARED_EVENT_KEY, {"go": False}, scope=DECLARED_SCOPE)
+    unscoped = await hatchet.event.aio_push(DECLARED_EVENT_KEY, {"go": True})
+    [run] = await runs_of_event(hatchet, go.event_id)
+    assert await result_of(hatchet, run.metadata.id) == {"echo_declared": {"d": 1}}
+    assert await runs_of_event(hatchet, stay.event_id) == []
+    assert await runs_of_event(hatchet, unscoped.event_id) == []
+
+
+async def test_a_new_version_replaces_only_the_declarative_filters(hatchet: Hatchet) -> None:
+    """What the engine keeps when a workflow registers again (pkg/repository/workflow.go):
+    declared filters replace the declared ones, none declared leaves them, and filters
+    made over REST stay. Registered as a worker would, without running anything."""
+    name = f"t-declared-{uuid4()}"
+
+    async def register(*filters: DefaultFilter) -> None:
+        workflow = hatchet.workflow(name=name, on_events=["t-declared"], default_filters=[*filters])
+
+        @workflow.task()
+        async def step(_input: EmptyModel, _ctx: Context) -> None:
+            return None
+
+        await hatchet._client.admin.aio_put_workflow(workflow.to_proto())
+
+    async def listed() -> dict[str, tuple[str, bool]]:
+        rows = (await hatchet.filters.aio_list(workflow_ids=[wf])).rows or []
+        return {f.metadata.id: (f.expression, bool(f.is_declarative)) for f in rows}
+
+    first = DefaultFilter(expression="input.v == 1", scope="s", payload={})
+    await register(first)
+    wf = await workflow_id(hatchet, name)
+    made = await hatchet.filters.aio_create(wf, "input.v == 0", "s", {})
+    [first_id] = [i for i, (_, declarative) in (await listed()).items() if declarative]
+    await register(first)  # unchanged: the same filter, the same id
+    assert await listed() == {
+        first_id: ("input.v == 1", True),
+        made.metadata.id: ("input.v == 0", False),
+    }
+    await register()  # declares none: the declared filter stays
+    assert first_id in await listed()
+    await register(DefaultFilter(expression="input.v == 2", scope="s", payload={}))
+    after = await listed()
+    assert first_id not in after
+    assert after[made.metadata.id] == ("input.v == 0", False)
+    assert sorted(after.values()) == [("input.v == 0", False), ("input.v == 2", True)]
 
 
 async def test_filter_payload_reaches_the_task(hatchet: Hatchet, emulator: HatchetEmulator) -> None:

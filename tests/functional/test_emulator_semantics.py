@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 import pytest
 from hatchet_sdk import (
     Context,
-    DefaultFilter,
     EmptyModel,
     Hatchet,
     RateLimit,
@@ -23,6 +22,7 @@ from hatchet_sdk.clients.rest.models.v1_task_event_type import V1TaskEventType
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
 from hatchet_sdk.clients.rest.models.v1_workflow_run_details import V1WorkflowRunDetails
 from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
+from hatchet_sdk.types.idempotency import TTLBasedIdempotencyConfig
 
 from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
@@ -201,7 +201,7 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
 ) -> None:
     unsupported = hatchet.workflow(
         name="t-unsupported",
-        default_filters=[DefaultFilter(expression="true", scope="s")],
+        idempotency=TTLBasedIdempotencyConfig(key_expression="input.id", ttl=timedelta(hours=1)),
     )
 
     @unsupported.task(rate_limits=[RateLimit(static_key="external-api", units=1)])
@@ -215,7 +215,7 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     details = refused.value.details() or ""
     assert "'t-unsupported'" in details
-    assert "default event filters" in details
+    assert "idempotency keys" in details
     assert "rate limits (task 'step')" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
         await start(hatchet, "t-unsupported")

@@ -761,6 +761,27 @@ class Engine:
         self.event_filters[event_filter.filter_id] = event_filter
         return event_filter
 
+    def declare_filters(
+        self, workflow_id: str, declared: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """A new version's default filters, as (scope, expression, payload): they replace the
+        workflow's declarative filters. The same set again (another worker registering the
+        unchanged workflow, whose version the engine reuses) keeps the filters as they are."""
+        if not declared:
+            return
+        current = [
+            f
+            for f in self.event_filters.values()
+            if f.workflow_id == workflow_id and f.is_declarative
+        ]
+        if [(f.scope, f.expression, f.payload) for f in current] == declared:
+            return
+        for stale in current:
+            del self.event_filters[stale.filter_id]
+        for scope, expression, payload in declared:
+            made = EventFilter(workflow_id, scope, expression, payload, is_declarative=True)
+            self.event_filters[made.filter_id] = made
+
     def get_filter(self, filter_id: str) -> EventFilter:
         event_filter = self.event_filters.get(filter_id)
         if event_filter is None:

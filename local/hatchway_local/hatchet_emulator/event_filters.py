@@ -15,6 +15,12 @@ Hatchet's pkg/repository/trigger.go:
 - the expression sees ``input`` (the event payload), ``additional_metadata`` (the
   event's), ``payload`` (the filter's), ``event_id`` and ``event_key``
   (``processWorkflowExpression``; variables from internal/cel/cel.go).
+
+A workflow's default filters (``default_filters``) are declarative filters: a version
+that declares some replaces all the workflow's declarative ones, and a version that
+declares none leaves them be (``DeleteExistingDeclarativeFiltersForOverwrite`` and
+``BulkInsertDeclarativeFilters`` in pkg/repository/workflow.go). Filters made over REST
+are never declarative and stay.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class EventFilter:
     scope: str
     expression: str
     payload: dict[str, Any]
+    is_declarative: bool = False  # a workflow's default filter, replaced with its version
     filter_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=_utcnow)
     updated_at: datetime = field(default_factory=_utcnow)

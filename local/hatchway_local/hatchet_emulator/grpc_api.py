@@ -561,6 +561,7 @@ class HatchetServices:
         refuse_unemulated(request)
         for cron in request.cron_triggers:  # refused before anything is registered
             check_cron(cron)
+        default_filters = [_default_filter(f) for f in request.default_filters]
         tasks = {task.readable_id: _task_spec(task) for task in request.tasks}
         if request.HasField("on_failure_task"):
             on_failure = _task_spec(request.on_failure_task, on_failure=True)
@@ -580,6 +581,7 @@ class HatchetServices:
                 else None,
             )
         )
+        self.engine.declare_filters(spec.workflow_id, default_filters)
         cron_input = _loads(_optional(request, "cron_input") or "", {})
         schedules_of(self.engine).declare(spec.name, list(request.cron_triggers), cron_input)
         return self._m("v1.CreateWorkflowVersionResponse")(
@@ -679,7 +681,6 @@ _UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
         ),
     ),
-    ("default event filters", lambda w: bool(w.default_filters)),
     ("idempotency keys", lambda w: w.HasField("idempotency")),
 )
 _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
@@ -701,6 +702,15 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
         ),
     ),
 )
+
+
+def _default_filter(proto: Any) -> tuple[str, str, dict[str, Any]]:
+    """A declared filter as (scope, expression, payload); a payload that is not a JSON
+    object is refused, as ``CreateWorkflowVersion`` in internal/services/admin/v1 does."""
+    payload = _loads(proto.payload, {}) if proto.payload else {}
+    if not isinstance(payload, dict):
+        raise EngineError("INVALID_ARGUMENT", "default filter payload is not valid JSON")
+    return proto.scope, proto.expression, payload
 
 
 def refuse_unemulated(request: Any) -> None:

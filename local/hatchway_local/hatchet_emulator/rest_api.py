@@ -666,7 +666,7 @@ def _filter(event_filter: EventFilter, tenant_id: str) -> dict[str, Any]:
         "scope": event_filter.scope,
         "expression": event_filter.expression,
         "payload": event_filter.payload,
-        "isDeclarative": False,
+        "isDeclarative": event_filter.is_declarative,
     }
 
 
