@@ -5,13 +5,16 @@ reports the worker that ran it, so the tests can tell where each one went."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from hatchet_sdk import (
     Context,
     EmptyModel,
     Hatchet,
+    StatusBasedIdempotencyConfig,
     StickyStrategy,
+    TTLBasedIdempotencyConfig,
     WorkerLabelComparator,
 )
 from hatchet_sdk.labels import DesiredWorkerLabel
@@ -24,7 +27,7 @@ SIDE_LABELS: dict[str, str | int] = {"model": "fancy-v2", "memory": 512, "pool":
 
 
 def build_scheduling_workflows(hatchet: Hatchet) -> list[Any]:
-    return [*_affinity(hatchet), *_sticky(hatchet), *_schedules(hatchet)]
+    return [*_affinity(hatchet), *_sticky(hatchet), *_schedules(hatchet), *_idempotent(hatchet)]
 
 
 def _where(ctx: Context) -> dict[str, Any]:
@@ -98,3 +101,53 @@ def _schedules(hatchet: Hatchet) -> list[Any]:
         return {"hello": input.name, "metadata": ctx.additional_metadata}
 
     return [greet]
+
+
+IDEMPOTENT_EVENT_KEY = "t-idem:event"
+SHORT_TTL = timedelta(seconds=2)
+
+
+class KeyedInput(BaseModel):
+    id: str
+    fail: bool = False
+
+
+def _idempotent(hatchet: Hatchet) -> list[Any]:
+    # Both listen to one event with the same key expression: keys are the tenant's.
+    @hatchet.task(
+        name="t-idem-ttl",
+        input_validator=KeyedInput,
+        on_events=[IDEMPOTENT_EVENT_KEY],
+        idempotency=TTLBasedIdempotencyConfig(key_expression="input.id", ttl=timedelta(hours=1)),
+    )
+    async def keyed(input: KeyedInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+        return {"id": input.id}
+
+    @hatchet.task(
+        name="t-idem-ttl-short",
+        input_validator=KeyedInput,
+        on_events=[IDEMPOTENT_EVENT_KEY],
+        idempotency=TTLBasedIdempotencyConfig(key_expression="input.id", ttl=SHORT_TTL),
+    )
+    async def keyed_briefly(input: KeyedInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+        return {"id": input.id}
+
+    # The key is held while the run works, across its retry, and freed when it ends.
+    @hatchet.task(
+        name="t-idem-status",
+        input_validator=KeyedInput,
+        retries=1,
+        idempotency=StatusBasedIdempotencyConfig(
+            key_expression="input.id", fallback_ttl=timedelta(hours=1)
+        ),
+    )
+    async def keyed_by_status(input: KeyedInput, ctx: Context) -> dict[str, str]:  # noqa: A002
+        if ctx.retry_count == 0:
+            await asyncio.sleep(0.5)
+            raise ValueError("first attempt fails")
+        await asyncio.sleep(1.5)
+        if input.fail:
+            raise ValueError("failed for good")
+        return {"id": input.id}
+
+    return [keyed, keyed_briefly, keyed_by_status]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import grpc
 import pytest
@@ -22,7 +22,6 @@ from hatchet_sdk.clients.rest.models.v1_task_event_type import V1TaskEventType
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
 from hatchet_sdk.clients.rest.models.v1_workflow_run_details import V1WorkflowRunDetails
 from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
-from hatchet_sdk.types.idempotency import TTLBasedIdempotencyConfig
 
 from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
@@ -199,10 +198,7 @@ async def test_the_on_failure_task_is_skipped_when_nothing_fails(hatchet: Hatche
 async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     hatchet: Hatchet,
 ) -> None:
-    unsupported = hatchet.workflow(
-        name="t-unsupported",
-        idempotency=TTLBasedIdempotencyConfig(key_expression="input.id", ttl=timedelta(hours=1)),
-    )
+    unsupported = hatchet.workflow(name="t-unsupported")
 
     @unsupported.task(rate_limits=[RateLimit(static_key="external-api", units=1)])
     async def step(_input: EmptyModel, _ctx: Context) -> None:
@@ -215,7 +211,6 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     details = refused.value.details() or ""
     assert "'t-unsupported'" in details
-    assert "idempotency keys" in details
     assert "rate limits (task 'step')" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
         await start(hatchet, "t-unsupported")

@@ -45,6 +45,7 @@ from . import affinity, batches, conditions
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
+from .idempotency import IdempotencyCollisionError, IdempotencyConfig, IdempotencyKeys, request_for
 
 
 class Status(StrEnum):
@@ -116,6 +117,7 @@ class WorkflowSpec:
     default_priority: int | None = None
     concurrency: tuple[ConcurrencyLimit, ...] = ()  # workflow-level limits: a slot per run
     sticky: str | None = None  # SOFT | HARD: a run's tasks want one worker (affinity.py)
+    idempotency: IdempotencyConfig | None = None  # its key's expression (idempotency.py)
     workflow_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     version_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -314,6 +316,7 @@ class Engine:
         self.subscriptions_opened: Counter[str] = Counter()
         self._run_created = asyncio.Condition()
         self._children: dict[tuple[str, str], str] = {}  # (parent task, index or key) -> run id
+        self.idempotency_keys = IdempotencyKeys()
         self._event_ids = 0
         self._limiter = Limiter()
         self._waiting: set[TaskRun] = set()  # tasks waiting for their conditions
@@ -369,7 +372,12 @@ class Engine:
         child_key: str | None = None,
         desired_labels: tuple[affinity.DesiredLabel, ...] = (),
         desired_worker_id: str | None = None,
+        run_id: str | None = None,
+        key_claimed: bool = False,
     ) -> WorkflowRun:
+        """A new run of ``name``. A workflow with an idempotency key claims it first (raising
+        ``IdempotencyCollisionError`` when another run holds it), unless ``claim_keys`` already
+        did for ``run_id`` as part of a batch (``key_claimed``)."""
         workflow = self.workflows.get(name)
         if not isinstance(additional_metadata or {}, dict):
             # The SDK's action loop dies on metadata that is not an object: refuse it here.
@@ -386,8 +394,13 @@ class Engine:
             existing = self._children.get(child_slot)
             if existing is not None:  # a retried spawn returns the child it already made
                 return self.runs[existing]
+        run_id = run_id or str(uuid.uuid4())
+        if workflow.idempotency is not None and not key_claimed:
+            [refusal] = self.claim_keys([(name, input_, additional_metadata or {}, run_id)])
+            if refusal is not None:
+                raise refusal
         run = WorkflowRun(
-            run_id=str(uuid.uuid4()),
+            run_id=run_id,
             workflow=workflow,
             input=input_,
             additional_metadata=additional_metadata or {},
@@ -419,6 +432,37 @@ class Engine:
             self._run_created.notify_all()
         return run
 
+    def claim_keys(
+        self,
+        batch: list[tuple[str, dict[str, Any], dict[str, Any], str]],
+        *,
+        refuse_unevaluated: bool = False,
+    ) -> list[EngineError | None]:
+        """Claim the idempotency keys of a batch of triggers (workflow, input, metadata, the
+        run id each would create) together, as the engine does. For each: None when it may
+        start (its workflow has no key, or it won its key), its ``IdempotencyCollisionError``,
+        or the error of a key that could not be evaluated (it claims nothing; with
+        ``refuse_unevaluated`` that error is raised before anything is claimed)."""
+        requests = []
+        unevaluated: dict[str, EngineError] = {}
+        for name, input_, metadata, run_id in batch:
+            config = self.workflows[name].idempotency
+            if config is None:
+                continue
+            try:
+                requests.append((request_for(config, input_, metadata, run_id), config))
+            except EngineError as error:
+                if refuse_unevaluated:
+                    raise
+                unevaluated[run_id] = error
+        holders = self.idempotency_keys.claim(requests)
+        outcomes: list[EngineError | None] = []
+        for *_, run_id in batch:
+            holder = holders.get(run_id, run_id)
+            collision = None if holder == run_id else IdempotencyCollisionError(holder, run_id)
+            outcomes.append(unevaluated.get(run_id, collision))
+        return outcomes
+
     def _start_roots(self, run: WorkflowRun) -> None:
         for task in run.tasks.values():
             if not task.spec.parents and not task.spec.on_failure:
@@ -446,14 +490,25 @@ class Engine:
         metadata = {k: v for k, v in additional_metadata.items() if not k.startswith("hatchet__")}
         metadata |= {"hatchet__event_id": event.event_id, "hatchet__event_key": key}
         filters = list(self.event_filters.values())
-        for workflow in list(self.workflows.values()):
-            if not any(key_matches(trigger, key) for trigger in workflow.event_triggers):
+        planned = [
+            (workflow.name, decision, str(uuid.uuid4()))
+            for workflow in list(self.workflows.values())
+            if any(key_matches(trigger, key) for trigger in workflow.event_triggers)
+            for decision in decisions(filters, workflow.workflow_id, event)
+        ]
+        # the runs of one event claim their idempotency keys as one batch; a collision, or
+        # a key that cannot be evaluated, drops only that run (as on the engine)
+        claims = [(name, payload, metadata, run_id) for name, _, run_id in planned]
+        for (name, decision, run_id), refusal in zip(planned, self.claim_keys(claims), strict=True):
+            if refusal is not None:
+                logger.info("event run not started", event_key=key, workflow=name, why=str(refusal))
                 continue
-            for decision in decisions(filters, workflow.workflow_id, event):
-                run = await self.trigger(workflow.name, payload, dict(metadata), priority=priority)
-                if decision.payload is not None:  # set before the worker is sent the task
-                    self.filter_payloads[run.run_id] = decision.payload
-                event.triggered.append((run.run_id, decision.filter_id))
+            run = await self.trigger(
+                name, payload, dict(metadata), priority=priority, run_id=run_id, key_claimed=True
+            )
+            if decision.payload is not None:  # set before the worker is sent the task
+                self.filter_payloads[run.run_id] = decision.payload
+            event.triggered.append((run.run_id, decision.filter_id))
         return event.event_id
 
     async def wait_for_run(self, run_id: str, timeout_s: float) -> WorkflowRun | None:
@@ -990,6 +1045,10 @@ class Engine:
 
     def _settle(self, run: WorkflowRun) -> None:
         """Create the tasks that their parents now decide, then end the run if all are final."""
+        if run.workflow.idempotency is not None and any(
+            t.created and t.status.is_final for t in run.tasks.values()
+        ):
+            self.idempotency_keys.release(run.run_id)  # a STATUS key; a TTL key stays
         if run.status.is_final:
             return
         progressed = True

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from hatchway.observability import logger
 
@@ -38,6 +42,8 @@ from .engine import (
     parse_duration,
 )
 from .errors import EngineError
+from .expressions import check as check_expression
+from .idempotency import BulkIdempotencyCollisionError, IdempotencyCollisionError, IdempotencyConfig
 from .schedules import check_cron, schedules_of
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
@@ -147,9 +153,37 @@ class HatchetServices:
         if not bearer_matches(str(metadata.get("authorization", "")), self._token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing token")
 
-    @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, error: EngineError) -> None:
-        await context.abort(getattr(grpc.StatusCode, error.code), str(error))
+    async def _abort(self, context: grpc.aio.ServicerContext, error: EngineError) -> None:
+        code = getattr(grpc.StatusCode, error.code)
+        details = self._error_details(error)
+        if not details:
+            await context.abort(code, str(error))
+        packed = []
+        for detail in details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        status = status_pb2.Status(code=code.value[0], message=str(error), details=packed)
+        await context.abort_with_status(rpc_status.to_status(status))
+
+    def _error_details(self, error: EngineError) -> list[Any]:
+        """The ``grpc-status-details-bin`` the SDK unpacks from an idempotency collision."""
+        if isinstance(error, IdempotencyCollisionError):
+            return [self._collision(error)]
+        if isinstance(error, BulkIdempotencyCollisionError):
+            return [
+                self._m("v1.BulkTriggerIdempotencyCollisionError")(
+                    successful_workflow_run_external_ids=error.successful_run_ids,
+                    collisions=[self._collision(c) for c in error.collisions],
+                )
+            ]
+        return []
+
+    def _collision(self, error: IdempotencyCollisionError) -> Any:
+        return self._m("v1.IdempotencyCollisionError")(
+            existing_run_external_id=error.existing_run_id,
+            colliding_run_external_id=error.colliding_run_id,
+        )
 
     def _guard_unary(self, impl: Unary) -> Unary:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -500,10 +534,36 @@ class HatchetServices:
         return self._m("TriggerWorkflowResponse")(workflow_run_id=run.run_id)
 
     async def bulk_trigger_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
-        run_ids = [(await self._trigger(item)).run_id for item in request.workflows]
-        return self._m("BulkTriggerWorkflowResponse")(workflow_run_ids=run_ids)
+        """Every run of the batch claims its idempotency key together (a key that cannot be
+        evaluated refuses the whole batch first); the runs that did not collide start, and
+        any collision answers ALREADY_EXISTS naming them (``bulkTriggerWorkflowV1`` in
+        internal/services/admin/server_v1.go)."""
+        items = list(request.workflows)
+        for item in items:
+            if item.name not in self.engine.workflows:
+                raise EngineError("NOT_FOUND", f"workflow {item.name!r} is not registered")
+        planned = [
+            (
+                item.name,
+                _loads(item.input, {}),
+                _loads(_optional(item, "additional_metadata") or "", {}),
+                str(uuid.uuid4()),
+            )
+            for item in items
+        ]
+        refusals = self.engine.claim_keys(planned, refuse_unevaluated=True)
+        started: list[str] = []
+        collisions: list[IdempotencyCollisionError] = []
+        for item, (*_, run_id), refusal in zip(items, planned, refusals, strict=True):
+            if isinstance(refusal, IdempotencyCollisionError):
+                collisions.append(refusal)
+            else:
+                started.append((await self._trigger(item, run_id=run_id)).run_id)
+        if collisions:
+            raise BulkIdempotencyCollisionError(started, collisions)
+        return self._m("BulkTriggerWorkflowResponse")(workflow_run_ids=started)
 
-    async def _trigger(self, request: Any) -> WorkflowRun:
+    async def _trigger(self, request: Any, *, run_id: str | None = None) -> WorkflowRun:
         return await self.engine.trigger(
             request.name,
             _loads(request.input, {}),
@@ -515,6 +575,8 @@ class HatchetServices:
             child_key=_optional(request, "child_key"),
             desired_labels=affinity.desired_from_proto(request.desired_worker_labels),
             desired_worker_id=_optional(request, "desired_worker_id"),
+            run_id=run_id,
+            key_claimed=run_id is not None,
         )
 
     async def schedule_workflow(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
@@ -579,6 +641,7 @@ class HatchetServices:
                 sticky=contracts.enum_name("v1.StickyStrategy", request.sticky)
                 if request.HasField("sticky")
                 else None,
+                idempotency=_idempotency(request),
             )
         )
         self.engine.declare_filters(spec.workflow_id, default_filters)
@@ -681,7 +744,6 @@ _UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
         ),
     ),
-    ("idempotency keys", lambda w: w.HasField("idempotency")),
 )
 _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     (
@@ -702,6 +764,20 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
         ),
     ),
 )
+
+
+def _idempotency(request: Any) -> IdempotencyConfig | None:
+    """A workflow's idempotency key; the method is TTL unless given (admin/v1/server.go)."""
+    if not request.HasField("idempotency"):
+        return None
+    config = request.idempotency
+    check_expression(config.expression)  # refused at registration, not at the trigger
+    method = (
+        contracts.enum_name("v1.IdempotencyMethod", config.method)
+        if config.HasField("method")
+        else "TTL"
+    )
+    return IdempotencyConfig(config.expression, config.ttl_ms, method)
 
 
 def _default_filter(proto: Any) -> tuple[str, str, dict[str, Any]]:
