@@ -30,6 +30,7 @@ from hatchway.payloads import Payloads
 from hatchway_local.demo.workflows import build_demo_workflows
 from tests.functional.batch_workflows import build_batch_workflows
 from tests.functional.durable_workflows import build_durable_workflows
+from tests.functional.rate_limit_workflows import build_rate_limit_workflows
 from tests.functional.rest_workflows import build_rest_workflows
 from tests.functional.scheduling_workflows import build_scheduling_workflows
 
@@ -381,6 +382,7 @@ def main() -> None:
             *build_scheduling_workflows(hatchet),
             *build_batch_workflows(hatchet),
             *build_durable_workflows(hatchet),
+            *build_rate_limit_workflows(hatchet),
         ],
     )
     worker.start()

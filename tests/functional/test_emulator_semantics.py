@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -16,7 +16,7 @@ from hatchet_sdk import (
     Context,
     EmptyModel,
     Hatchet,
-    RateLimit,
+    UserEventCondition,
 )
 from hatchet_sdk.clients.rest.models.v1_task_event_type import V1TaskEventType
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
@@ -200,7 +200,13 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
 ) -> None:
     unsupported = hatchet.workflow(name="t-unsupported")
 
-    @unsupported.task(rate_limits=[RateLimit(static_key="external-api", units=1)])
+    @unsupported.task(
+        wait_for=[
+            UserEventCondition(
+                event_key="t-unsupported:go", consider_events_since=datetime.now(UTC)
+            )
+        ]
+    )
     async def step(_input: EmptyModel, _ctx: Context) -> None:
         return None
 
@@ -211,7 +217,7 @@ async def test_a_workflow_using_what_is_not_emulated_is_refused_by_name(
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     details = refused.value.details() or ""
     assert "'t-unsupported'" in details
-    assert "rate limits (task 'step')" in details
+    assert "user-event conditions with consider_events_since (task 'step')" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
         await start(hatchet, "t-unsupported")
 

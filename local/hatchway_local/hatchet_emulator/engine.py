@@ -41,7 +41,7 @@ from typing import Any
 
 from hatchway.observability import logger
 
-from . import affinity, batches, conditions
+from . import affinity, batches, conditions, rate_limits
 from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
@@ -99,6 +99,7 @@ class TaskSpec:
     durable: bool = False  # a durable task: its event log lives in durable.py
     worker_labels: tuple[affinity.DesiredLabel, ...] = ()  # the workers it wants (affinity.py)
     batch: batches.BatchConfig | None = None  # a batch task: batches.py buffers and flushes it
+    rate_limits: tuple[rate_limits.RateLimitSpec, ...] = ()  # keys it consumes (rate_limits.py)
 
     @property
     def timeout_s(self) -> float | None:
@@ -323,6 +324,7 @@ class Engine:
         self._queued = 0  # arrival order, the tie-break between runs of one priority
         self._janitor: asyncio.Task[None] | None = None
         self.batches = batches.Batches(self)
+        self.rate_limits = rate_limits.RateLimits(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -336,6 +338,7 @@ class Engine:
             await asyncio.gather(self._janitor, return_exceptions=True)
             self._janitor = None
         self.batches.close()
+        self.rate_limits.close()
         for task in self.tasks.values():
             self._clear_timers(task)
 
@@ -1006,6 +1009,8 @@ class Engine:
         task.created_at = utcnow()
         run = task.run
         if state is Status.QUEUED:
+            if task.spec.rate_limits and not self.rate_limits.evaluate(task):
+                return  # a rate limit's expression could not be evaluated: it failed for good
             if task.spec.batch is not None and not self.batches.evaluate_key(task):
                 return  # its batch key could not be evaluated: it failed for good
             if task.spec.concurrency:
@@ -1107,6 +1112,8 @@ class Engine:
         """Assign queued tasks to free workers: higher run priority first, then arrival."""
         waiting: list[tuple[int, int, TaskRun]] = []
         now = self._now()
+        wall = utcnow()
+        self.rate_limits.prepare([entry[2] for entry in self._queue], wall)
         for entry in sorted(self._queue):
             task = entry[2]
             if task.status is not Status.QUEUED:
@@ -1115,16 +1122,18 @@ class Engine:
                 waiting.append(entry)
                 asyncio.get_running_loop().call_at(task.not_before, self._dispatch)
                 continue
-            if not self._assignable(task):
+            if not self._assignable(task) or not self.rate_limits.admits(task, wall):
                 waiting.append(entry)
                 continue
             if task.spec.batch is not None:  # it waits for its batch to flush (batches.py)
+                self.rate_limits.consume(task)
                 self.batches.buffer(task)
                 continue
             worker = self._choose_worker(task)
             if worker is None:
                 waiting.append(entry)
                 continue
+            self.rate_limits.consume(task)  # only an assignment takes the units
             task.status = Status.ASSIGNED
             task.worker_id = worker.worker_id
             worker.running.add(task.external_id)

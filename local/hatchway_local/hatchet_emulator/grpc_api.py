@@ -40,10 +40,12 @@ from .engine import (
     WorkflowRun,
     WorkflowSpec,
     parse_duration,
+    utcnow,
 )
 from .errors import EngineError
 from .expressions import check as check_expression
 from .idempotency import BulkIdempotencyCollisionError, IdempotencyCollisionError, IdempotencyConfig
+from .rate_limits import RateLimitSpec
 from .schedules import check_cron, schedules_of
 
 # The engine version GetVersion reports. hatchet-sdk 1.43 gates features on it:
@@ -110,7 +112,7 @@ class HatchetServices:
                 "TriggerWorkflow": self.trigger_workflow,
                 "BulkTriggerWorkflow": self.bulk_trigger_workflow,
                 "ScheduleWorkflow": self.schedule_workflow,
-                "PutRateLimit": self._ack("PutRateLimitResponse"),
+                "PutRateLimit": self.put_rate_limit,
             },
             "v1.AdminService": {
                 "PutWorkflow": self.put_workflow,
@@ -609,6 +611,12 @@ class HatchetServices:
             _stamp(message, "trigger_at", scheduled.trigger_at)
         return version
 
+    async def put_rate_limit(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
+        """``hatchet.rate_limits.put``: upsert a key of the tenant (rate_limits.py)."""
+        window = contracts.enum_name("RateLimitDuration", request.duration)
+        self.engine.rate_limits.put(request.key, request.limit, window, utcnow())
+        return self._m("PutRateLimitResponse")()
+
     async def trigger_workflow_run(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
         run = await self.engine.trigger(
             request.workflow_name,
@@ -692,6 +700,21 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         durable=task.is_durable,
         worker_labels=affinity.desired_from_proto(task.worker_labels),
         batch=batches.BatchConfig.from_proto(task.batch) if task.HasField("batch") else None,
+        rate_limits=tuple(_rate_limit(r) for r in task.rate_limits),
+    )
+
+
+def _rate_limit(message: Any) -> RateLimitSpec:
+    duration = _optional(message, "duration")
+    return RateLimitSpec(
+        key=message.key,
+        units=_optional(message, "units"),
+        key_expr=_optional(message, "key_expr"),
+        units_expr=_optional(message, "units_expr"),
+        limit_expr=_optional(message, "limit_values_expr"),
+        duration=None
+        if duration is None
+        else contracts.enum_name("v1.RateLimitDuration", duration),
     )
 
 
@@ -756,7 +779,6 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
             c.HasField("consider_events_since") for c in t.conditions.user_event_conditions
         ),
     ),
-    ("rate limits", lambda t: bool(t.rate_limits)),
     (
         "slot requests other than one default slot (one durable slot for a durable task)",
         lambda t: (

@@ -728,6 +728,20 @@ async def control_clear_faults(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def list_rate_limits(request: web.Request) -> web.Response:
+    """``hatchet.rate_limits.list`` (rate_limits.py)."""
+    query = request.query
+    listed = request.app[EMULATOR_KEY].engine.rate_limits.list(
+        utcnow(),
+        search=query.get("search"),
+        order_by=query.get("orderByField"),
+        direction=query.get("orderByDirection"),
+        offset=_int(query, "offset", 0),
+        limit=_int(query, "limit", 50),
+    )
+    return web.json_response(listed)
+
+
 async def control_restart(request: web.Request) -> web.Response:
     body = await request.json() if request.can_read_body else {}
     request.app[EMULATOR_KEY].schedule_restart(float(body.get("downForSeconds", 0)))
@@ -759,6 +773,7 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
             web.patch("/api/v1/stable/tenants/{tenant_id}/filters/{filter_id}", update_filter),
             web.delete("/api/v1/stable/tenants/{tenant_id}/filters/{filter_id}", delete_filter),
             web.get("/api/v1/tenants/{tenant_id}/worker", list_workers),
+            web.get("/api/v1/tenants/{tenant_id}/rate-limits", list_rate_limits),
             web.get("/api/v1/workers/{worker_id}", get_worker),
             web.patch("/api/v1/workers/{worker_id}", patch_worker),
             web.get("/_emulator/state", control_state),
