@@ -14,6 +14,10 @@ from uuid import uuid4
 
 import pytest
 from hatchet_sdk import Hatchet, RateLimitDuration
+from hatchet_sdk.clients.rest.models.rate_limit_order_by_direction import (
+    RateLimitOrderByDirection,
+)
+from hatchet_sdk.clients.rest.models.rate_limit_order_by_field import RateLimitOrderByField
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
 from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 
@@ -154,3 +158,28 @@ async def test_a_rate_limit_expression_that_cannot_be_evaluated_fails_the_task(
     assert task.status is Status.FAILED
     assert (task.error or "").startswith(error)
     assert not events(emulator, run_id, "ASSIGNED")
+
+
+async def test_putting_a_key_again_caps_what_is_left_and_the_list_orders_and_pages(
+    hatchet: Hatchet,
+) -> None:
+    prefix = f"t-rl-put-{uuid4()}"
+    put = hatchet.rate_limits.aio_put
+    await put(f"{prefix}-a", 5, RateLimitDuration.MINUTE)
+    await put(f"{prefix}-a", 2, RateLimitDuration.MINUTE)  # a lower limit caps the units left
+    await put(f"{prefix}-a", 10, RateLimitDuration.HOUR)  # a higher one keeps them until refill
+    await put(f"{prefix}-b", 7, RateLimitDuration.DAY)
+
+    listed = await hatchet.rate_limits.aio_list(
+        search=prefix,
+        order_by_field=RateLimitOrderByField.LIMITVALUE,
+        order_by_direction=RateLimitOrderByDirection.DESC,
+    )
+    assert [(r.key, r.limit_value, r.value, r.window) for r in listed.rows or []] == [
+        (f"{prefix}-a", 10, 2, "1 HOUR"),
+        (f"{prefix}-b", 7, 7, "1 DAY"),
+    ]
+    first_page = await hatchet.rate_limits.aio_list(search=prefix, limit=1)
+    assert [r.key for r in first_page.rows or []] == [f"{prefix}-a"]
+    assert first_page.pagination is not None
+    assert (first_page.pagination.num_pages, first_page.pagination.next_page) == (2, 2)
