@@ -25,7 +25,8 @@ What the real engine does, and this module with it:
 - each scheduling pass upserts the dynamic keys of the queued tasks: per key, the
   lowest limit (a limit of 0 is overridden by the next task's) and the longest window
   among them; a limit below 0 (the SDK's "none") upserts nothing, so such a key must
-  have been put (``GetTaskRateLimits`` in pkg/repository/scheduler_queue.go);
+  have been put, while a key with no limit expression at all upserts a limit of 0
+  (``GetTaskRateLimits`` in pkg/repository/scheduler_queue.go);
 - when the scheduler picks a task, every key must have the units left, else the task
   stays queued -- it neither fails nor blocks the tasks behind it -- with a
   REQUEUED_RATE_LIMIT event "Rate limit exceeded for key K, attempting to consume U
@@ -256,10 +257,11 @@ class RateLimits:
                 windows[item.key] = max(
                     windows.get(item.key, item.window), item.window, key=_WINDOW_ORDER.index
                 )
-                # the engine folds from 0: a 0 is replaced, then the lowest wins
-                current = limits.get(item.key, 0)
-                value = 0 if item.limit is None else item.limit
-                limits[item.key] = value if current == 0 else min(current, value)
+                # the engine folds from 0 (so a key without a limit upserts 0): a 0 is
+                # replaced by the next limit, then the lowest wins
+                current = limits.setdefault(item.key, 0)
+                if item.limit is not None:
+                    limits[item.key] = item.limit if current == 0 else min(current, item.limit)
         for key, limit in limits.items():
             if limit >= 0:
                 self._upsert(key, limit, windows[key], now)
