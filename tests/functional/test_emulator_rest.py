@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+import grpc
 import pytest
 from hatchet_sdk import (
     BulkCancelReplayOpts,
@@ -23,7 +24,9 @@ from hatchet_sdk import (
 from hatchet_sdk.clients.rest.exceptions import NotFoundException
 from hatchet_sdk.clients.rest.models.v1_task_status import V1TaskStatus
 from hatchet_sdk.clients.rest.models.v1_update_filter_request import V1UpdateFilterRequest
+from hatchet_sdk.features.cel import CELFailure, CELSuccess
 
+from hatchway_local.hatchet_emulator.schedules import schedules_of
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
 from tests.functional.rest_workflows import DECLARED_EVENT_KEY, DECLARED_SCOPE, REST_EVENT_KEY
 from tests.functional.test_hatchet_emulator import AnyInput, named, result_of, start
@@ -271,6 +274,35 @@ async def test_a_new_version_replaces_only_the_declarative_filters(hatchet: Hatc
     assert sorted(after.values()) == [("input.v == 0", False), ("input.v == 2", True)]
 
 
+async def test_a_deleted_workflow_is_gone_with_its_crons_and_its_name_is_free(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    name = f"t-deleted-{uuid4()}"
+
+    async def register() -> str:
+        workflow = hatchet.workflow(name=name, on_crons=["0 9 * * *"])
+
+        @workflow.task()
+        async def step(_input: EmptyModel, _ctx: Context) -> None:
+            return None
+
+        await hatchet._client.admin.aio_put_workflow(workflow.to_proto())
+        return await workflow_id(hatchet, name)
+
+    first = await register()
+    crons = schedules_of(emulator.engine).crons.values()
+    assert [c.workflow for c in crons if c.workflow == name] == [name]
+    await hatchet.workflows.aio_delete(first)
+    with pytest.raises(NotFoundException):
+        await hatchet.workflows.aio_get(first)
+    assert name not in [w.name for w in (await hatchet.workflows.aio_list()).rows or []]
+    assert not [c for c in crons if c.workflow == name]
+    with pytest.raises(grpc.RpcError) as refused:
+        await start(hatchet, name)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await register() != first  # the name makes a new workflow
+
+
 async def test_filter_payload_reaches_the_task(hatchet: Hatchet, emulator: HatchetEmulator) -> None:
     wf = await workflow_id(hatchet, "t-rest-event")
     scope = str(uuid4())
@@ -353,3 +385,22 @@ async def test_paused_workflow_holds_runs_and_cancels_them_after_the_queue_ttl(
         unpaused = await hatchet.workflows.aio_unpause(wf)
     assert unpaused.is_paused is False
     assert await result_of(hatchet, held) == {"t-rest-pausable": {"result": "done"}}
+
+
+async def test_cel_debug_evaluates_a_filter_expression(hatchet: Hatchet) -> None:
+    holds = await hatchet.cel.aio_debug(
+        "input.k == 'v' && additional_metadata.m == 'd' && payload.f == 'p'",
+        {"k": "v"},
+        additional_metadata={"m": "d"},
+        filter_payload={"f": "p"},
+    )
+    assert isinstance(holds.result, CELSuccess)
+    assert holds.result.output is True
+    fails = await hatchet.cel.aio_debug("input.k == 'v'", {"k": "other"})
+    assert isinstance(fails.result, CELSuccess)
+    assert fails.result.output is False
+    missing = await hatchet.cel.aio_debug("input.k == 'v'", {})
+    assert isinstance(missing.result, CELFailure)
+    assert "input.k" in missing.result.error
+    not_boolean = await hatchet.cel.aio_debug("input.k", {"k": 1})
+    assert isinstance(not_boolean.result, CELFailure)

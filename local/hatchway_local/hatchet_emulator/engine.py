@@ -869,6 +869,21 @@ class Engine:
         del self.event_filters[filter_id]
         return event_filter
 
+    def delete_workflow(self, workflow_id: str) -> WorkflowSpec:
+        """``hatchet.workflows.delete``: the engine soft-deletes the workflow and its versions
+        and frees its name (``SoftDeleteWorkflow`` in pkg/repository/sqlcv1/workflows.sql), so
+        it can no longer be triggered or listed, and registering the name again makes a new
+        workflow. Its runs, finished or not, stay as they are; its filters go with it."""
+        workflow = self.workflow_by_id(workflow_id)
+        del self.workflows[workflow.name]
+        self.paused_workflows.discard(workflow.name)
+        self.paused_queue_ttls.pop(workflow.name, None)
+        for event_filter in [
+            f for f in self.event_filters.values() if f.workflow_id == workflow_id
+        ]:
+            del self.event_filters[event_filter.filter_id]
+        return workflow
+
     def pause_workflow(self, name: str, queue_ttl_s: float | None) -> None:
         """Hold the workflow's queued tasks back; with a TTL, a task queued longer than it
         is cancelled while the pause lasts (``ListExpiredPausedWorkflowQueueItems`` in

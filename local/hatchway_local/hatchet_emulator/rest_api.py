@@ -30,7 +30,9 @@ from .engine import (
 )
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent
+from .expressions import evaluate as evaluate_expression
 from .grpc_api import bearer_matches, run_status_name
+from .schedules import schedules_of
 from .schedules_rest import routes as schedule_routes
 
 if TYPE_CHECKING:
@@ -299,9 +301,17 @@ async def get_workflow(request: web.Request) -> web.Response:
     return web.json_response(_workflow(workflow, engine))
 
 
+async def delete_workflow(request: web.Request) -> web.Response:
+    """204, as ``WorkflowDelete`` (api/v1/server/handlers/workflows/delete.go)."""
+    engine = request.app[EMULATOR_KEY].engine
+    workflow = engine.delete_workflow(request.match_info["workflow_id"])
+    schedules_of(engine).forget_workflow(workflow.name)
+    return web.Response(status=204)
+
+
 async def update_workflow(request: web.Request) -> web.Response:
-    """Pause (with its queue TTL) or unpause. Crons and schedules are not emulated, so
-    the paused-run behaviours for them have nothing to act on."""
+    """Pause (with its queue TTL) or unpause; runs its crons and schedules start while it
+    is paused wait with the rest of its queue."""
     engine = request.app[EMULATOR_KEY].engine
     workflow = engine.workflow_by_id(request.match_info["workflow_id"])
     body = await request.json()
@@ -366,6 +376,26 @@ async def create_filter(request: web.Request) -> web.Response:
         body["workflowId"], body["scope"], body["expression"], body.get("payload") or {}
     )
     return web.json_response(_filter(event_filter, emulator.tenant_id))
+
+
+async def debug_cel(request: web.Request) -> web.Response:
+    """``hatchet.cel.debug``: an event filter's expression over a made-up input, metadata
+    and filter payload; a failure is a 200 with ``ERROR`` (handlers/v1/cel/debug.go)."""
+    body = await request.json()
+    if not isinstance(body.get("expression"), str) or not isinstance(body.get("input"), dict):
+        raise EngineError("INVALID_ARGUMENT", "expression and input are required")
+    variables = {
+        "input": body["input"],
+        "additional_metadata": body.get("additionalMetadata") or {},
+        "payload": body.get("filterPayload") or {},
+    }
+    try:
+        output = evaluate_expression(body["expression"], variables)
+    except EngineError as error:
+        return web.json_response({"status": "ERROR", "error": str(error)})
+    if not isinstance(output, bool):
+        return web.json_response({"status": "ERROR", "error": f"{output!r} is not a boolean"})
+    return web.json_response({"status": "SUCCESS", "output": output})
 
 
 async def list_filters(request: web.Request) -> web.Response:
@@ -765,10 +795,12 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
             web.get("/api/v1/tenants/{tenant_id}/workflows", list_workflows),
             web.get("/api/v1/workflows/{workflow_id}", get_workflow),
             web.patch("/api/v1/workflows/{workflow_id}", update_workflow),
+            web.delete("/api/v1/workflows/{workflow_id}", delete_workflow),
             web.get("/api/v1/stable/tenants/{tenant_id}/events", list_events),
             web.get("/api/v1/stable/tenants/{tenant_id}/events/{event_id}", get_event),
             web.post("/api/v1/stable/tenants/{tenant_id}/filters", create_filter),
             web.get("/api/v1/stable/tenants/{tenant_id}/filters", list_filters),
+            web.post("/api/v1/stable/tenants/{tenant_id}/cel/debug", debug_cel),
             web.get("/api/v1/stable/tenants/{tenant_id}/filters/{filter_id}", get_filter),
             web.patch("/api/v1/stable/tenants/{tenant_id}/filters/{filter_id}", update_filter),
             web.delete("/api/v1/stable/tenants/{tenant_id}/filters/{filter_id}", delete_filter),

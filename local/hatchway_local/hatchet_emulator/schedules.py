@@ -227,6 +227,13 @@ class Schedules:
         scheduled.run_id = run.run_id
         return run
 
+    def forget_workflow(self, workflow: str) -> None:
+        """A deleted workflow's crons and scheduled runs go with its versions."""
+        for cron in [c for c in self.crons.values() if c.workflow == workflow]:
+            self.delete_cron(cron.cron_id)
+        for scheduled in [s for s in self.scheduled.values() if s.workflow == workflow]:
+            self.delete_scheduled(scheduled.schedule_id)
+
     # -- plumbing ------------------------------------------------------------------------
 
     def _known(self, workflow: str) -> None:
