@@ -32,6 +32,7 @@ from tests.functional.batch_workflows import build_batch_workflows
 from tests.functional.durable_workflows import build_durable_workflows
 from tests.functional.rest_workflows import build_rest_workflows
 from tests.functional.scheduling_workflows import build_scheduling_workflows
+from tests.functional.webhook_workflows import build_webhook_workflows
 
 hatchet = Hatchet()
 
@@ -381,6 +382,7 @@ def main() -> None:
             *build_scheduling_workflows(hatchet),
             *build_batch_workflows(hatchet),
             *build_durable_workflows(hatchet),
+            *build_webhook_workflows(hatchet),
         ],
     )
     worker.start()
