@@ -152,7 +152,7 @@ def _shape(webhook: Webhook, tenant_id: str) -> dict[str, Any]:
     }
     if webhook.scope_expression is not None:
         shape["scopeExpression"] = webhook.scope_expression
-    if webhook.static_payload:
+    if webhook.static_payload is not None:  # an empty one is stored, and shown
         shape["staticPayload"] = webhook.static_payload
     return shape
 
@@ -167,7 +167,7 @@ async def _json(request: web.Request) -> object:
 # -- CRUD --------------------------------------------------------------------------------
 
 
-def _typed(body: dict[str, Any], what: str) -> None:
+def _typed(body: dict[str, Any], what: str, *, with_auth: bool = True) -> None:
     """What decoding the body into the engine's request struct refuses."""
     for name in ("name", "sourceName", "eventKeyExpression", "scopeExpression"):
         if body.get(name) is not None and not isinstance(body[name], str):
@@ -178,7 +178,7 @@ def _typed(body: dict[str, Any], what: str) -> None:
     if flag is not None and not isinstance(flag, bool):
         message = f"failed to parse {what}: returnEventAsResponsePayload must be a bool"
         raise RefusedError(400, message)
-    auth = body.get("auth")
+    auth = body.get("auth") if with_auth else None  # an update has no auth to decode
     if auth is not None and not isinstance(auth, dict):
         raise RefusedError(400, f"failed to parse {what}: auth must be an object")
     for name, value in (auth or {}).items():
@@ -292,7 +292,7 @@ async def update_webhook(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise RefusedError(400, "Unmarshal type error: the body must be an object", echo=True)
     try:
-        _typed(body, "update")
+        _typed(body, "update", with_auth=False)
     except RefusedError as refused:
         raise RefusedError(400, str(refused), echo=True) from None
     expression = body.get("eventKeyExpression")
