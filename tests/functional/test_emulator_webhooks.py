@@ -382,3 +382,58 @@ async def test_form_bodies_and_bad_requests(hatchet: Hatchet) -> None:
             400,
             {"errors": [{"description": "Event key expression must evaluate to a string"}]},
         )
+
+
+async def test_svix_signatures(hatchet: Hatchet) -> None:
+    key = b"svix-signing-key"
+    auth = V1WebhookHMACAuth(
+        algorithm=V1WebhookHMACAlgorithm.SHA256,
+        encoding=V1WebhookHMACEncoding.BASE64,
+        signatureHeaderName="svix-signature",
+        signingSecret="whsec_" + base64.b64encode(key).decode(),
+    )
+    body = json.dumps({"type": "svix"}).encode()
+    async with webhook(hatchet, auth, V1WebhookSourceName.SVIX) as made:
+        target, now = url(hatchet, made.name), int(time.time())
+
+        def headers(stamp: int, message: bytes) -> dict[str, str]:
+            digest = hmac.new(key, f"msg-1.{stamp}.".encode() + message, hashlib.sha256)
+            signature = base64.b64encode(digest.digest()).decode()
+            return {"webhook-id": "msg-1", "webhook-timestamp": str(stamp)} | {
+                "webhook-signature": f"v1,{'A' * 44} v1,{signature}"  # any listed one may match
+            }
+
+        status, answer = await post(target, body, headers(now, body))
+        assert status == 200
+        assert answer["event"]["key"] == "t-webhook:svix"
+        status, answer = await post(target, body, headers(now, b"tampered"))
+        assert (status, answer) == (403, {"errors": [{"description": "invalid SVIX signature"}]})
+        status, answer = await post(target, body, headers(now - 3600, body))
+        assert (status, answer) == (
+            400,
+            {"errors": [{"description": "invalid timestamp header: message too old"}]},
+        )
+        assert len(await events_of(hatchet, made.name)) == 1
+
+
+async def test_a_create_or_list_the_engine_refuses(hatchet: Hatchet) -> None:
+    target = f"{hatchet.config.server_url}/api/v1/stable/tenants/{hatchet.tenant_id}/webhooks"
+    bearer = {"Authorization": f"Bearer {hatchet.config.token}"}
+    body = {"sourceName": "GENERIC", "name": f"wh-{uuid4()}", "eventKeyExpression": "'k'"}
+    async with aiohttp.ClientSession(headers=bearer) as session:
+        async with session.post(target, json=body) as response:
+            assert response.status == 400
+            assert await response.json() == {
+                "errors": [
+                    {
+                        "description": "failed to construct webhook create params: failed to "
+                        "get discriminator: authType field is missing in the request body"
+                    }
+                ]
+            }
+        async with session.post(target, json=body | {"authType": "OAUTH"}) as response:
+            assert response.status == 400
+        async with session.get(target, params={"limit": "0"}) as response:
+            assert response.status == 400
+            assert await response.json() == {"errors": [{"description": "failed to list webhooks"}]}
+    assert (await hatchet.webhooks.aio_list(webhook_names=[body["name"]])).rows == []
