@@ -33,6 +33,7 @@ from tests.functional.durable_workflows import build_durable_workflows
 from tests.functional.rate_limit_workflows import build_rate_limit_workflows
 from tests.functional.rest_workflows import build_rest_workflows
 from tests.functional.scheduling_workflows import build_scheduling_workflows
+from tests.functional.webhook_workflows import build_webhook_workflows
 
 hatchet = Hatchet()
 
@@ -383,6 +384,7 @@ def main() -> None:
             *build_batch_workflows(hatchet),
             *build_durable_workflows(hatchet),
             *build_rate_limit_workflows(hatchet),
+            *build_webhook_workflows(hatchet),
         ],
     )
     worker.start()

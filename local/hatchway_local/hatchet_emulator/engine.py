@@ -483,12 +483,15 @@ class Engine:
         *,
         scope: str | None = None,
         priority: int | None = None,
+        triggering_webhook_name: str | None = None,
     ) -> str:
         """An event pushed by a client, recorded for the events list: starts each workflow
         with a trigger matching ``key`` as its filters decide (see ``event_filters``). Each
         run's metadata gains ``hatchet__event_id`` / ``hatchet__event_key`` and loses other
         ``hatchet__`` keys (``TriggeredByEvent.ToMetadata``, pkg/repository/trigger.go)."""
-        event = PushedEvent(key, payload, additional_metadata, scope or None)
+        event = PushedEvent(
+            key, payload, additional_metadata, scope or None, triggering_webhook_name
+        )
         self.events.append(event)
         metadata = {k: v for k, v in additional_metadata.items() if not k.startswith("hatchet__")}
         metadata |= {"hatchet__event_id": event.event_id, "hatchet__event_key": key}

@@ -63,6 +63,7 @@ class PushedEvent:
     payload: dict[str, Any]
     additional_metadata: dict[str, Any]
     scope: str | None = None
+    triggering_webhook_name: str | None = None  # the incoming webhook that made it (webhooks.py)
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     seen_at: datetime = field(default_factory=_utcnow)
     triggered: list[tuple[str, str | None]] = field(default_factory=list)  # (run id, filter id)

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiMapping
 
-from . import affinity, durable_api
+from . import affinity, durable_api, webhooks
 from .engine import (
     Engine,
     Status,
@@ -50,7 +50,8 @@ def _error(status: int, message: str) -> web.Response:
 @web.middleware
 async def _auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     emulator = request.app[EMULATOR_KEY]
-    if not bearer_matches(request.headers.get("Authorization", ""), emulator.token):
+    public = request.match_info.handler in webhooks.PUBLIC_HANDLERS
+    if not public and not bearer_matches(request.headers.get("Authorization", ""), emulator.token):
         return _error(401, "invalid or missing token")
     try:
         response: web.StreamResponse = await handler(request)
@@ -668,6 +669,7 @@ def _event(event: PushedEvent, runs: list[WorkflowRun], tenant_id: str) -> dict[
         status = run_status_name(run.status)
         counts["succeeded" if status == "COMPLETED" else status.lower()] += 1
     seen = event.seen_at.isoformat()
+    webhook = {"triggeringWebhookName": event.triggering_webhook_name}
     return {
         "metadata": {"id": event.event_id, "createdAt": seen, "updatedAt": seen},
         "key": event.key,
@@ -681,7 +683,7 @@ def _event(event: PushedEvent, runs: list[WorkflowRun], tenant_id: str) -> dict[
             {"workflowRunId": run_id, "filterId": filter_id}
             for run_id, filter_id in event.triggered
         ],
-    }
+    } | (webhook if event.triggering_webhook_name else {})
 
 
 def _filter(event_filter: EventFilter, tenant_id: str) -> dict[str, Any]:
@@ -818,5 +820,6 @@ def build_rest_app(emulator: HatchetEmulator) -> web.Application:
         ]
     )
     app.add_routes(schedule_routes())  # crons and scheduled runs (schedules_rest.py)
+    app.add_routes(webhooks.routes())  # incoming webhooks (webhooks.py)
     app.add_routes(durable_api.rest_routes(lambda request: request.app[EMULATOR_KEY].engine))
     return app
