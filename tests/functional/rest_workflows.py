@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hatchet_sdk import Context, DefaultFilter, EmptyModel, Hatchet
+from hatchet_sdk import Context, DefaultFilter, EmptyModel, Hatchet, ParentCondition
 
 REST_EVENT_KEY = "t-rest:created"
 REST_WILDCARD_KEY = "t-rest-sub:*"
@@ -56,8 +56,21 @@ def build_rest_workflows(hatchet: Hatchet) -> list[Any]:
     async def tail(_input: EmptyModel, ctx: Context) -> dict[str, int]:
         return {"retry": ctx.retry_count}
 
+    # step2 is cancelled by its condition on the first attempt only (a replay re-decides it)
+    cancels_once = hatchet.workflow(name="t-rest-cancel-until-replayed")
+
+    @cancels_once.task()
+    async def decide(_input: EmptyModel, ctx: Context) -> dict[str, bool]:
+        return {"cancel": ctx.retry_count == 0}
+
+    @cancels_once.task(
+        parents=[decide], cancel_if=[ParentCondition(parent=decide, expression="output.cancel")]
+    )
+    async def after_decide(_input: EmptyModel, _ctx: Context) -> dict[str, str]:
+        return {"ran": "yes"}
+
     @hatchet.task(name="t-rest-pausable")
     async def pausable(_input: EmptyModel, _ctx: Context) -> dict[str, str]:
         return {"result": "done"}
 
-    return [on_event, declared, first_try_fails, chain, pausable]
+    return [on_event, declared, first_try_fails, chain, cancels_once, pausable]

@@ -328,6 +328,19 @@ async def test_replay_reruns_a_failed_task_with_a_higher_retry_count(
     assert (row.status, row.retry_count, row.attempt) == (V1TaskStatus.COMPLETED, 1, 2)
 
 
+async def test_a_replay_decides_a_cancel_condition_again_on_the_new_parent_output(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
+    run_id = await start(hatchet, "t-rest-cancel-until-replayed")
+    await settled(emulator, [run_id])
+    assert (await hatchet.runs.aio_get_status(run_id)) == V1TaskStatus.CANCELLED
+    await hatchet.runs.aio_replay(run_id)
+    assert await result_of(hatchet, run_id) == {
+        "decide": {"cancel": False},
+        "after_decide": {"ran": "yes"},
+    }
+
+
 async def test_replaying_a_task_reruns_its_dependents_only(
     hatchet: Hatchet, emulator: HatchetEmulator
 ) -> None:

@@ -964,6 +964,9 @@ class Engine:
         others_replayed = any(not t.spec.on_failure for t in tasks)
         for task in tasks:
             self._clear_timers(task)
+            self._stop_waiting(task)
+            task.met.clear()  # its conditions are decided again, on the new parent outputs
+            task.trigger_data.clear()
             task.retry_count += 1
             task.status = Status.QUEUED
             task.output = task.error = task.cancel_reason = None
