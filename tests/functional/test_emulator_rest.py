@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+import aiohttp
 import grpc
 import pytest
 from hatchet_sdk import (
@@ -417,3 +418,20 @@ async def test_cel_debug_evaluates_a_filter_expression(hatchet: Hatchet) -> None
     assert "input.k" in missing.result.error
     not_boolean = await hatchet.cel.aio_debug("input.k", {"k": 1})
     assert isinstance(not_boolean.result, CELFailure)
+
+
+async def test_what_is_not_served_answers_a_json_error_naming_it(hatchet: Hatchet) -> None:
+    bearer = {"Authorization": f"Bearer {hatchet.config.token}"}
+    unserved = f"{hatchet.config.server_url}/api/v1/tenants/{hatchet.tenant_id}/no-such-thing"
+    async with aiohttp.ClientSession(headers=bearer) as session:
+        async with session.get(unserved) as response:
+            assert response.status == 404
+            [error] = (await response.json())["errors"]
+            assert (
+                "no-such-thing is not served by the Hatchway Hatchet emulator"
+                in (error["description"])
+            )
+        workflows = f"{hatchet.config.server_url}/api/v1/workflows/{uuid4()}"
+        async with session.put(workflows) as response:  # a path served, not for this method
+            assert response.status == 405
+            assert "PUT" in (await response.json())["errors"][0]["description"]

@@ -53,6 +53,12 @@ async def _auth_and_errors(request: web.Request, handler: Handler) -> web.Stream
     public = request.match_info.handler in webhooks.PUBLIC_HANDLERS
     if not public and not bearer_matches(request.headers.get("Authorization", ""), emulator.token):
         return _error(401, "invalid or missing token")
+    unmatched = request.match_info.http_exception
+    if unmatched is not None:  # a JSON error, which the SDK's client can read, names the gap
+        return _error(
+            unmatched.status,
+            f"{request.method} {request.path} is not served by the Hatchway Hatchet emulator",
+        )
     try:
         response: web.StreamResponse = await handler(request)
     except EngineError as error:
@@ -317,11 +323,18 @@ async def update_workflow(request: web.Request) -> web.Response:
     workflow = engine.workflow_by_id(request.match_info["workflow_id"])
     body = await request.json()
     pause = body.get("pause")
+    schedules = schedules_of(engine)
     if isinstance(pause, dict) and pause.get("action") == "pause":
         ttl = pause.get("pausedWorkflowQueueTTL")
         engine.pause_workflow(workflow.name, parse_duration(ttl) if ttl else None)
+        schedules.pause(
+            workflow.name,
+            pause.get("pausedWorkflowCronRunQueueBehavior") or "QUEUE",
+            pause.get("pausedWorkflowScheduledRunQueueBehavior") or "QUEUE",
+        )
     elif isinstance(pause, dict) and pause.get("action") == "unpause":
         engine.unpause_workflow(workflow.name)
+        schedules.resume(workflow.name)
     return web.json_response(_workflow(workflow, engine))
 
 

@@ -13,8 +13,9 @@
   (internal/services/ticker/schedule_workflow_v1.go); the run's id, status and creation
   time show on the schedule from then on.
 
-Expressions are the standard five fields (cronsim, in UTC). The engine's gocron also
-takes a leading seconds field; that is refused at registration and on create.
+Expressions are the standard five fields, or six with a leading seconds field, as the
+engine's gocron takes them (``gocron.CronJob(cron, true)`` in internal/services/ticker/
+cron.go); cronsim computes the fire times, in UTC.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ CRON_SCHEDULED_AT_KEY = "hatchet__cron_scheduled_at"
 
 def check_cron(expression: str) -> None:
     """Refuse what this emulator cannot schedule as the engine would."""
-    if len(expression.split()) != 5:
+    if len(expression.split()) not in (5, 6):  # gocron with seconds: a leading seconds field
         raise EngineError(
-            "UNIMPLEMENTED" if len(expression.split()) == 6 else "INVALID_ARGUMENT",
-            f"cron expression {expression!r}: the Hatchway Hatchet emulator takes five "
-            "fields (minute hour day month weekday)",
+            "INVALID_ARGUMENT",
+            f"cron expression {expression!r}: five fields (minute hour day month weekday), "
+            "or six with a leading seconds field",
         )
     try:
         CronSim(expression, datetime.now(UTC))
@@ -92,6 +93,9 @@ class Schedules:
         self.engine = engine
         self.crons: dict[str, Cron] = {}
         self.scheduled: dict[str, Scheduled] = {}
+        # a paused workflow that drops its crons' or its schedules' runs while paused
+        self.dropping_crons: set[str] = set()
+        self.holding_schedules: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- crons -------------------------------------------------------------------------
@@ -155,7 +159,7 @@ class Schedules:
         if self.crons.get(cron.cron_id) is not cron:
             return
         self._arm(cron)
-        if cron.enabled:
+        if cron.enabled and not self._paused(cron.workflow, self.dropping_crons):
             self._spawn(self.trigger_cron(cron, fire_at))
 
     async def trigger_cron(self, cron: Cron, at: datetime | None = None) -> WorkflowRun:
@@ -214,6 +218,8 @@ class Schedules:
 
     def _fire_scheduled(self, scheduled: Scheduled) -> None:
         scheduled.timer = None
+        if self._paused(scheduled.workflow, self.holding_schedules):
+            return  # the ticker skips it while paused and takes it once unpaused (resume)
         if self.scheduled.get(scheduled.schedule_id) is scheduled and scheduled.run_id is None:
             self._spawn(self.trigger_scheduled(scheduled))
 
@@ -226,6 +232,33 @@ class Schedules:
         )
         scheduled.run_id = run.run_id
         return run
+
+    def pause(self, workflow: str, cron_behaviour: str, scheduled_behaviour: str) -> None:
+        """A paused workflow's ``QUEUE`` crons and schedules start runs that wait with its
+        queue; with ``DROP`` its crons fire nothing and its schedules wait for the unpause
+        (the ticker's poll skips them: ``PollCronSchedules`` and
+        ``PollScheduledWorkflows`` in pkg/repository/sqlcv1/ticker.sql)."""
+        for names, behaviour in (
+            (self.dropping_crons, cron_behaviour),
+            (self.holding_schedules, scheduled_behaviour),
+        ):
+            if behaviour == "DROP":
+                names.add(workflow)
+            else:
+                names.discard(workflow)
+
+    def resume(self, workflow: str) -> None:
+        """Unpaused: the schedules whose time came while they were held start now."""
+        self.dropping_crons.discard(workflow)
+        self.holding_schedules.discard(workflow)
+        now = utcnow()
+        for scheduled in list(self.scheduled.values()):
+            due = scheduled.trigger_at <= now and scheduled.timer is None
+            if scheduled.workflow == workflow and scheduled.run_id is None and due:
+                self._fire_scheduled(scheduled)
+
+    def _paused(self, workflow: str, dropping: set[str]) -> bool:
+        return workflow in dropping and workflow in self.engine.paused_workflows
 
     def forget_workflow(self, workflow: str) -> None:
         """A deleted workflow's crons and scheduled runs go with its versions."""
