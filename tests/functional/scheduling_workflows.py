@@ -9,6 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from hatchet_sdk import (
+    ConcurrencyExpression,
+    ConcurrencyLimitStrategy,
     Context,
     EmptyModel,
     Hatchet,
@@ -112,6 +114,11 @@ class KeyedInput(BaseModel):
     fail: bool = False
 
 
+class GroupedInput(BaseModel):
+    id: str
+    group: str | None = None
+
+
 def _idempotent(hatchet: Hatchet) -> list[Any]:
     # Both listen to one event with the same key expression: keys are the tenant's.
     @hatchet.task(
@@ -145,9 +152,25 @@ def _idempotent(hatchet: Hatchet) -> list[Any]:
         if ctx.retry_count == 0:
             await asyncio.sleep(0.5)
             raise ValueError("first attempt fails")
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3)  # the test triggers again while this retry holds the key
         if input.fail:
             raise ValueError("failed for good")
         return {"id": input.id}
 
-    return [keyed, keyed_briefly, keyed_by_status]
+    # a run-level concurrency key the trigger may lack: a refused trigger keeps no key
+    grouped = hatchet.workflow(
+        name="t-idem-grouped",
+        input_validator=GroupedInput,
+        concurrency=ConcurrencyExpression(
+            expression="input.group",
+            max_runs=1,
+            limit_strategy=ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN,
+        ),
+        idempotency=TTLBasedIdempotencyConfig(key_expression="input.id", ttl=timedelta(hours=1)),
+    )
+
+    @grouped.task()
+    async def keyed_and_grouped(input: GroupedInput, _ctx: Context) -> dict[str, str]:  # noqa: A002
+        return {"id": input.id}
+
+    return [keyed, keyed_briefly, keyed_by_status, grouped]

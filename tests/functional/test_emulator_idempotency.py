@@ -18,7 +18,11 @@ from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 
 from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
-from tests.functional.scheduling_workflows import IDEMPOTENT_EVENT_KEY, SHORT_TTL, KeyedInput
+from tests.functional.scheduling_workflows import (
+    IDEMPOTENT_EVENT_KEY,
+    SHORT_TTL,
+    KeyedInput,
+)
 from tests.functional.test_hatchet_emulator import AnyInput, result_of
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -56,14 +60,35 @@ async def test_a_second_trigger_with_the_key_collides_and_names_the_first(
     assert other != first
 
 
-async def test_a_key_is_claimable_again_once_its_ttl_passed(hatchet: Hatchet) -> None:
+async def test_a_key_is_claimable_again_once_its_ttl_passed(
+    hatchet: Hatchet, emulator: HatchetEmulator
+) -> None:
     key = str(uuid4())
     first = await run(hatchet, "t-idem-ttl-short", key)
     with pytest.raises(IdempotencyCollisionError):
         await run(hatchet, "t-idem-ttl-short", key)
-    await asyncio.sleep(SHORT_TTL.total_seconds() + 0.2)
-    second = await run(hatchet, "t-idem-ttl-short", key)
+    keys = emulator.engine.idempotency_keys
+    real_clock = keys.clock
+    keys.clock = lambda: real_clock() + SHORT_TTL.total_seconds()  # the TTL has passed
+    try:
+        second = await run(hatchet, "t-idem-ttl-short", key)
+    finally:
+        keys.clock = real_clock
     assert await run_ids(hatchet, key) == {first, second}
+
+
+async def test_a_trigger_refused_after_its_key_was_evaluated_keeps_no_claim(
+    hatchet: Hatchet,
+) -> None:
+    key = str(uuid4())
+    grouped = hatchet.stubs.task(
+        name="t-idem-grouped", input_validator=AnyInput, output_validator=dict
+    )
+    with pytest.raises(grpc.RpcError) as refused:  # no group: its concurrency key fails
+        await grouped.aio_run(AnyInput(id=key), wait_for_result=False)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ref = await grouped.aio_run(AnyInput(id=key, group="g"), wait_for_result=False)
+    assert await result_of(hatchet, ref.workflow_run_id) == {"keyed_and_grouped": {"id": key}}
 
 
 async def test_a_status_key_is_held_across_retries_and_freed_when_the_run_ends(

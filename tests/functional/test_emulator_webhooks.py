@@ -159,18 +159,15 @@ async def test_an_accepted_request_becomes_an_event_that_starts_a_run(hatchet: H
 )
 async def test_a_wrong_credential_is_refused_with_403_and_starts_nothing(
     hatchet: Hatchet,
-    emulator: HatchetEmulator,
     auth: V1WebhookBasicAuth | V1WebhookAPIKeyAuth | V1WebhookHMACAuth,
     headers: dict[str, str],
     description: str,
 ) -> None:
-    runs_before = len(emulator.engine.runs)
     async with webhook(hatchet, auth) as made:
         status, answer = await post(url(hatchet, made.name), b'{"type": "refused"}', headers)
         assert status == 403
         assert answer == {"errors": [{"description": description}]}
-        assert await events_of(hatchet, made.name) == []
-    assert len(emulator.engine.runs) == runs_before
+        assert await events_of(hatchet, made.name) == []  # no event: no run either
 
 
 @pytest.mark.parametrize(

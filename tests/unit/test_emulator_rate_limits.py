@@ -114,3 +114,16 @@ def test_registration_refuses_a_rate_limit_the_engine_would_not_validate(
     with pytest.raises(EngineError) as refused:
         RateLimitSpec(**spec)
     assert refused.value.code == "INVALID_ARGUMENT"
+
+
+async def test_units_that_are_not_a_finite_number_fail_the_task() -> None:
+    engine = Engine("tenant")
+    spec = RateLimitSpec(
+        key="input.user", key_expr="input.user", units_expr="1.0 / 0.0", limit_expr="5"
+    )
+    step = TaskSpec(readable_id="step", action="wf:step", rate_limits=(spec,))
+    run = WorkflowRun("run", Workflow("wf", {"step": step}), {"user": "u"}, {})
+    made = run.tasks["step"] = TaskRun(step, run)
+    engine.runs["run"] = run
+    assert not engine.rate_limits.evaluate(made)  # failed, not raised out of the scheduler
+    assert "not a finite number" in (made.error or "")

@@ -359,6 +359,9 @@ class Engine:
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
             spec = dataclasses.replace(spec, workflow_id=previous.workflow_id)
+        else:  # a new workflow (perhaps the name of a deleted one) is not paused
+            self.paused_workflows.discard(spec.name)
+            self.paused_queue_ttls.pop(spec.name, None)
         self.workflows[spec.name] = spec
         return spec
 
@@ -398,10 +401,6 @@ class Engine:
             if existing is not None:  # a retried spawn returns the child it already made
                 return self.runs[existing]
         run_id = run_id or str(uuid.uuid4())
-        if workflow.idempotency is not None and not key_claimed:
-            [refusal] = self.claim_keys([(name, input_, additional_metadata or {}, run_id)])
-            if refusal is not None:
-                raise refusal
         run = WorkflowRun(
             run_id=run_id,
             workflow=workflow,
@@ -416,9 +415,17 @@ class Engine:
             # honoured only when the workflow is sticky (trigger.proto's desired_worker_id)
             desired_worker_id=desired_worker_id if workflow.sticky else None,
         )
-        if workflow.concurrency:  # a key that cannot be evaluated refuses the trigger
-            run.slots = Limiter.keys(workflow.name, workflow.concurrency, _key_variables(run))
-            run.admitted = False
+        try:
+            if workflow.concurrency:  # a key that cannot be evaluated refuses the trigger
+                run.slots = Limiter.keys(workflow.name, workflow.concurrency, _key_variables(run))
+                run.admitted = False
+        except EngineError:
+            self.idempotency_keys.forget(run_id)  # a batch claimed its key already
+            raise
+        if workflow.idempotency is not None and not key_claimed:  # last: nothing refuses it now
+            [refusal] = self.claim_keys([(name, input_, run.additional_metadata, run_id)])
+            if refusal is not None:
+                raise refusal
         for spec in workflow.tasks.values():
             task = TaskRun(spec=spec, run=run)
             run.tasks[spec.readable_id] = task
@@ -453,7 +460,7 @@ class Engine:
             if config is None:
                 continue
             try:
-                requests.append((request_for(config, input_, metadata, run_id), config))
+                requests.append(request_for(config, input_, metadata, run_id))
             except EngineError as error:
                 if refuse_unevaluated:
                     raise
@@ -509,9 +516,18 @@ class Engine:
             if refusal is not None:
                 logger.info("event run not started", event_key=key, workflow=name, why=str(refusal))
                 continue
-            run = await self.trigger(
-                name, payload, dict(metadata), priority=priority, run_id=run_id, key_claimed=True
-            )
+            try:
+                run = await self.trigger(
+                    name,
+                    payload,
+                    dict(metadata),
+                    priority=priority,
+                    run_id=run_id,
+                    key_claimed=True,
+                )
+            except EngineError as error:  # e.g. a concurrency key: only that run is dropped
+                logger.info("event run not started", event_key=key, workflow=name, why=str(error))
+                continue
             if decision.payload is not None:  # set before the worker is sent the task
                 self.filter_payloads[run.run_id] = decision.payload
             event.triggered.append((run.run_id, decision.filter_id))
@@ -876,11 +892,10 @@ class Engine:
         """``hatchet.workflows.delete``: the engine soft-deletes the workflow and its versions
         and frees its name (``SoftDeleteWorkflow`` in pkg/repository/sqlcv1/workflows.sql), so
         it can no longer be triggered or listed, and registering the name again makes a new
-        workflow. Its runs, finished or not, stay as they are; its filters go with it."""
+        workflow. Its runs, finished or not, stay as they are (held, if it was paused); its
+        filters go with it."""
         workflow = self.workflow_by_id(workflow_id)
-        del self.workflows[workflow.name]
-        self.paused_workflows.discard(workflow.name)
-        self.paused_queue_ttls.pop(workflow.name, None)
+        del self.workflows[workflow.name]  # a pause stays: its queued tasks stay held
         for event_filter in [
             f for f in self.event_filters.values() if f.workflow_id == workflow_id
         ]:

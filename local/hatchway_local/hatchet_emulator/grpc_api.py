@@ -553,14 +553,24 @@ class HatchetServices:
             )
             for item in items
         ]
+        for _, input_, metadata, _ in planned:  # every item is checked before any claim
+            if not isinstance(input_, dict) or not isinstance(metadata, dict):
+                raise EngineError("INVALID_ARGUMENT", "input and metadata must be JSON objects")
         refusals = self.engine.claim_keys(planned, refuse_unevaluated=True)
         started: list[str] = []
         collisions: list[IdempotencyCollisionError] = []
-        for item, (*_, run_id), refusal in zip(items, planned, refusals, strict=True):
+        for index, (item, (*_, run_id), refusal) in enumerate(
+            zip(items, planned, refusals, strict=True)
+        ):
             if isinstance(refusal, IdempotencyCollisionError):
                 collisions.append(refusal)
-            else:
+                continue
+            try:
                 started.append((await self._trigger(item, run_id=run_id)).run_id)
+            except EngineError:  # the items not created yet give their claims back
+                for later in planned[index:]:
+                    self.engine.idempotency_keys.forget(later[3])
+                raise
         if collisions:
             raise BulkIdempotencyCollisionError(started, collisions)
         return self._m("BulkTriggerWorkflowResponse")(workflow_run_ids=started)
@@ -590,6 +600,14 @@ class HatchetServices:
                 "the Hatchway Hatchet emulator does not emulate scheduling a child run "
                 "(ScheduleWorkflow with a parent); trigger the child instead",
             )
+        spec = self.engine.workflows.get(request.name)
+        if spec is None:
+            raise EngineError("NOT_FOUND", "workflow not found")
+        priority = _optional(request, "priority")
+        if priority is not None and not 1 <= priority <= 3:  # admin/server.go ScheduleWorkflow
+            raise EngineError(
+                "INVALID_ARGUMENT", f"priority must be between 1 and 3, got {priority}"
+            )
         schedules = schedules_of(self.engine)
         made = [
             schedules.schedule(
@@ -597,11 +615,10 @@ class HatchetServices:
                 when.ToDatetime(tzinfo=UTC),
                 _loads(request.input, {}),
                 _loads(_optional(request, "additional_metadata") or "", {}),
-                _optional(request, "priority"),
+                priority,
             )
             for when in request.schedules
         ]
-        spec = self.engine.workflows[request.name]  # schedule() refused an unknown one
         version = self._m("WorkflowVersion")(
             id=spec.version_id,
             workflow_id=spec.workflow_id,

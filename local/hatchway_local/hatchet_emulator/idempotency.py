@@ -11,11 +11,14 @@ What the real engine does, and this module with it:
 - every trigger of a workflow with a key claims it for the new run until ``ttl_ms``
   from now. A key held by a claim that has not expired is a collision: the trigger
   creates nothing and learns the holder. Within one batch (a bulk trigger, the runs one
-  event starts) the claim with the latest expiry wins a key, then the earlier one in the
-  batch (``ClaimIdempotencyKeys`` in pkg/repository/sqlcv1/idempotency-keys.sql);
+  event starts) the claim with the latest expiry wins a key; the engine leaves a tie
+  unordered, the emulator gives it to the earlier one in the batch
+  (``ClaimIdempotencyKeys`` in pkg/repository/sqlcv1/idempotency-keys.sql);
 - with the ``STATUS`` method the key is also released as soon as a task of its run
   reaches a final state (retries exhausted, completed, cancelled), so the TTL is only a
-  fallback (``ReleaseIdempotencyKeys``, same file).
+  fallback (``ReleaseIdempotencyKeys``, same file);
+- a trigger the emulator refuses after its key was claimed (a concurrency key that
+  cannot be evaluated) gives the claim back: no key is held by a run that never was.
 
 Where the engine drops a trigger whose key cannot be evaluated and still answers with a
 run id that never appears, the emulator refuses it (INVALID_ARGUMENT, naming the error):
@@ -64,15 +67,14 @@ class BulkIdempotencyCollisionError(EngineError):
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     key: str
-    expires_at: float  # time.monotonic() seconds
+    config: IdempotencyConfig
     run_id: str  # the run the trigger would create
 
 
 @dataclass(slots=True)
 class _Claim:
     holder_run_id: str
-    expires_at: float
-    release_on_final: bool
+    expires_at: float  # on IdempotencyKeys.clock
 
 
 def key_of(config: IdempotencyConfig, input_: dict[str, Any], metadata: dict[str, Any]) -> str:
@@ -94,34 +96,46 @@ def key_of(config: IdempotencyConfig, input_: dict[str, Any], metadata: dict[str
 def request_for(
     config: IdempotencyConfig, input_: dict[str, Any], metadata: dict[str, Any], run_id: str
 ) -> ClaimRequest:
-    return ClaimRequest(
-        key_of(config, input_, metadata), time.monotonic() + config.ttl_ms / 1000, run_id
-    )
+    return ClaimRequest(key_of(config, input_, metadata), config, run_id)
 
 
 class IdempotencyKeys:
     def __init__(self) -> None:
         self._claims: dict[str, _Claim] = {}
+        self._status_keys: dict[str, str] = {}  # run id -> the STATUS key it claimed
+        self.clock = time.monotonic  # a test may move it on, instead of waiting a TTL out
 
-    def claim(self, requests: list[tuple[ClaimRequest, IdempotencyConfig]]) -> dict[str, str]:
+    def claim(self, requests: list[ClaimRequest]) -> dict[str, str]:
         """Each request's run id -> the run holding its key now (itself when it won)."""
-        now = time.monotonic()
-        winners: dict[str, tuple[ClaimRequest, IdempotencyConfig]] = {}
-        for request, config in requests:
+        now = self.clock()
+        # expired claims go (CleanUpExpiredIdempotencyKeys), so the map stays small
+        for key in [k for k, held in self._claims.items() if held.expires_at <= now]:
+            del self._claims[key]
+        winners: dict[str, ClaimRequest] = {}
+        for request in requests:  # the engine leaves ties in a batch unordered: first wins
             best = winners.get(request.key)
-            if best is None or request.expires_at > best[0].expires_at:
-                winners[request.key] = (request, config)
+            if best is None or request.config.ttl_ms > best.config.ttl_ms:
+                winners[request.key] = request
         holders: dict[str, str] = {}
-        for key, (request, config) in winners.items():
+        for key, request in winners.items():
             held = self._claims.get(key)
-            if held is None or held.expires_at <= now:
-                held = _Claim(request.run_id, request.expires_at, config.method == "STATUS")
+            if held is None:
+                held = _Claim(request.run_id, now + request.config.ttl_ms / 1000)
                 self._claims[key] = held
+                if request.config.method == "STATUS":
+                    self._status_keys[request.run_id] = key
             holders[key] = held.holder_run_id
-        return {request.run_id: holders[request.key] for request, _ in requests}
+        return {request.run_id: holders[request.key] for request in requests}
 
     def release(self, run_id: str) -> None:
-        """A task of ``run_id`` reached a final state: a STATUS key it holds is free."""
-        for key, held in list(self._claims.items()):
-            if held.holder_run_id == run_id and held.release_on_final:
-                del self._claims[key]
+        """A task of ``run_id`` reached a final state: the STATUS key it claimed is free,
+        whoever holds it now (``ReleaseIdempotencyKeys`` deletes by the task's key)."""
+        key = self._status_keys.pop(run_id, None)
+        if key is not None:
+            self._claims.pop(key, None)
+
+    def forget(self, run_id: str) -> None:
+        """The run was refused after it claimed its key: the claim goes with it."""
+        self._status_keys.pop(run_id, None)
+        for key in [k for k, held in self._claims.items() if held.holder_run_id == run_id]:
+            del self._claims[key]

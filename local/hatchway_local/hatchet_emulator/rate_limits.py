@@ -150,6 +150,10 @@ def _evaluate(expression: str, variables: dict[str, Any], kind: str, want: type)
     except EngineError as error:
         raise _EvaluationError(f"failed to parse step expression ({expression}): {error}") from None
     if isinstance(value, float):
+        if not math.isfinite(value):  # int() would raise out of the scheduler
+            raise _EvaluationError(
+                f"failed to parse step expression ({expression}): {value} is not a finite number"
+            )
         value = int(value)
     elif not isinstance(value, str | int) or isinstance(value, bool):
         got = _CEL_TYPES.get(type(value), type(value).__name__)

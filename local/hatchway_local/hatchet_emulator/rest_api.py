@@ -6,6 +6,7 @@ emulator runs in another process.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
@@ -63,6 +64,8 @@ async def _auth_and_errors(request: web.Request, handler: Handler) -> web.Stream
         response: web.StreamResponse = await handler(request)
     except EngineError as error:
         return _error(_HTTP_STATUS.get(error.code, 400), str(error))
+    except json.JSONDecodeError as error:  # a body that is not JSON, as the engine's 400
+        return _error(400, f"invalid JSON body: {error}")
     return response
 
 
@@ -396,6 +399,8 @@ async def debug_cel(request: web.Request) -> web.Response:
     """``hatchet.cel.debug``: an event filter's expression over a made-up input, metadata
     and filter payload; a failure is a 200 with ``ERROR`` (handlers/v1/cel/debug.go)."""
     body = await request.json()
+    if not isinstance(body, dict):
+        raise EngineError("INVALID_ARGUMENT", "the body must be a JSON object")
     if not isinstance(body.get("expression"), str) or not isinstance(body.get("input"), dict):
         raise EngineError("INVALID_ARGUMENT", "expression and input are required")
     variables = {

@@ -86,6 +86,7 @@ class Scheduled:
     created_at: datetime = field(default_factory=utcnow)
     run_id: str | None = None
     timer: asyncio.TimerHandle | None = None
+    held: bool = False  # its time came while its workflow was paused with DROP
 
 
 class Schedules:
@@ -147,9 +148,12 @@ class Schedules:
         cron.enabled = enabled
         return cron
 
-    def _arm(self, cron: Cron) -> None:
+    def _arm(self, cron: Cron, after: datetime | None = None) -> None:
+        """Time the next fire: after ``after`` (the fire just done), so a timer that wakes
+        a moment early cannot fire the same second twice."""
         now = utcnow()
-        fire_at = next(CronSim(cron.expression, now.replace(microsecond=0)))
+        start = max(now, after) if after is not None else now
+        fire_at = next(CronSim(cron.expression, start.replace(microsecond=0)))
         loop = asyncio.get_running_loop()
         cron.timer = loop.call_later(
             max((fire_at - now).total_seconds(), 0.0), self._fire_cron, cron, fire_at
@@ -158,7 +162,7 @@ class Schedules:
     def _fire_cron(self, cron: Cron, fire_at: datetime) -> None:
         if self.crons.get(cron.cron_id) is not cron:
             return
-        self._arm(cron)
+        self._arm(cron, after=fire_at)
         if cron.enabled and not self._paused(cron.workflow, self.dropping_crons):
             self._spawn(self.trigger_cron(cron, fire_at))
 
@@ -219,7 +223,8 @@ class Schedules:
     def _fire_scheduled(self, scheduled: Scheduled) -> None:
         scheduled.timer = None
         if self._paused(scheduled.workflow, self.holding_schedules):
-            return  # the ticker skips it while paused and takes it once unpaused (resume)
+            scheduled.held = True  # the ticker skips it while paused, takes it after (resume)
+            return
         if self.scheduled.get(scheduled.schedule_id) is scheduled and scheduled.run_id is None:
             self._spawn(self.trigger_scheduled(scheduled))
 
@@ -246,15 +251,19 @@ class Schedules:
                 names.add(workflow)
             else:
                 names.discard(workflow)
+        if scheduled_behaviour != "DROP":  # paused again with QUEUE: the ticker takes them
+            self._release_held(workflow)
 
     def resume(self, workflow: str) -> None:
         """Unpaused: the schedules whose time came while they were held start now."""
         self.dropping_crons.discard(workflow)
         self.holding_schedules.discard(workflow)
-        now = utcnow()
+        self._release_held(workflow)
+
+    def _release_held(self, workflow: str) -> None:
         for scheduled in list(self.scheduled.values()):
-            due = scheduled.trigger_at <= now and scheduled.timer is None
-            if scheduled.workflow == workflow and scheduled.run_id is None and due:
+            if scheduled.workflow == workflow and scheduled.held:
+                scheduled.held = False
                 self._fire_scheduled(scheduled)
 
     def _paused(self, workflow: str, dropping: set[str]) -> bool:

@@ -320,6 +320,13 @@ async def delete_webhook(request: web.Request) -> web.Response:
 # -- receive: auth -----------------------------------------------------------------------
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time, on the bytes as they came (aiohttp keeps undecodable bytes escaped)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
 def _sign(payload: bytes, secret: str, algorithm: str, encoding: str) -> str:
     if algorithm not in _ALGORITHMS or encoding not in _ENCODINGS:
         raise RefusedError(500, f"unsupported HMAC algorithm or encoding: {algorithm} {encoding}")
@@ -334,7 +341,7 @@ def _strip(signature: str) -> str:
 
 
 def _signatures_match(provided: str, expected: str) -> bool:
-    return hmac.compare_digest(_strip(provided.strip()).encode(), _strip(expected.strip()).encode())
+    return _same(_strip(provided.strip()), _strip(expected.strip()))
 
 
 def _secret(webhook: Webhook) -> str:
@@ -367,8 +374,8 @@ def _validate_generic(webhook: Webhook, body: bytes, request: web.Request) -> No
         credentials = _basic_credentials(request.headers.get("Authorization", ""))
         if credentials is None:
             raise RefusedError(403, "missing or invalid authorization header")
-        username_ok = hmac.compare_digest(credentials[0].encode(), auth["username"].encode())
-        password_ok = hmac.compare_digest(credentials[1].encode(), auth["password"].encode())
+        username_ok = _same(credentials[0], auth["username"])
+        password_ok = _same(credentials[1], auth["password"])
         if not (username_ok and password_ok):
             raise RefusedError(403, "invalid basic auth credentials")
     elif webhook.auth_type == "API_KEY":
@@ -376,7 +383,7 @@ def _validate_generic(webhook: Webhook, body: bytes, request: web.Request) -> No
         key = request.headers.get(header, "")
         if not key:
             raise RefusedError(403, f"missing or invalid api key header: {header}")
-        if not hmac.compare_digest(key.encode(), auth["apiKey"].encode()):
+        if not _same(key, auth["apiKey"]):
             raise RefusedError(403, f"invalid api key: {header}")
     else:
         header = auth["signatureHeaderName"]
@@ -468,7 +475,7 @@ def _validate_svix(webhook: Webhook, body: bytes, request: web.Request) -> None:
         if (
             len(pieces) >= 2
             and pieces[0] == "v1"
-            and hmac.compare_digest(pieces[1].encode(), expected)
+            and hmac.compare_digest(pieces[1].encode("utf-8", "surrogateescape"), expected)
         ):
             return
     raise RefusedError(403, "invalid SVIX signature")
