@@ -3,21 +3,45 @@ input and metadata, and at most ``max_runs`` holders per key value hold a slot.
 
 A holder is a run (a workflow-level limit: the slot is held until the run ends)
 or a task (a task-level limit: held until the task ends, through its retries).
-The strategies (pkg/scheduling/v1/concurrency/ and pkg/repository/
-scheduler_concurrency.go in Hatchet's engine):
+The strategies (pkg/scheduling/v1/concurrency/ strategy.go, sub_queue.go and their
+tests, pkg/repository/scheduler_concurrency.go in Hatchet's engine):
 
 - GROUP_ROUND_ROBIN: a holder over the limit waits for a slot of its key, in
   arrival order;
 - CANCEL_IN_PROGRESS: a newcomer takes a slot, and the oldest holders of its key
   over the limit are cancelled;
-- CANCEL_NEWEST: a newcomer over the limit is cancelled.
+- CANCEL_NEWEST: a newcomer over the limit is cancelled;
+- CANCEL_QUEUED_EXCEPT_NEWEST: free slots go to the oldest waiting, then of those
+  still waiting only the newest ``max_runs`` are kept, the older are cancelled;
+  nothing running is ever cancelled;
+- CANCEL_QUEUED_EXCEPT_OLDEST: the same, keeping the oldest ``max_runs`` waiting.
 
 Cancellations carry the engine's reason, ``CANCELLED_BY_CONCURRENCY_LIMIT``.
+
+``CreateConcurrencyOpts.LimitStrategy`` in pkg/repository/workflow.go validates
+``oneof`` these five, so ``PutWorkflow`` (internal/services/admin/v1/server.go) refuses
+the proto's deprecated DROP_NEWEST and QUEUE_NEWEST with INVALID_ARGUMENT and
+pkg/validator's "Validation failed with the following errors" text.
+
+A ``max_runs_expression`` (CEL over the same variables as the key) gives each holder
+its own value when it is created; a key's limit is the value of its most recently
+created holder (``observeMaxRuns`` in sub_queue.go; dynamic_max_runs_test.go): a raised
+limit fills at once, a lowered one lets GROUP_ROUND_ROBIN's running holders finish and
+makes CANCEL_IN_PROGRESS cancel the oldest over it. 0 holds the key until a newer
+holder raises it; a non-integer, a negative value or a failing expression is the
+key's failure (``evalMaxRunsExpression`` in pkg/repository).
+
+A tenant-scoped limit (``is_tenant_scoped`` with a ``name``) is one limit for the
+tenant: every holder declaring that name, in any workflow, shares its keys, and the
+latest registration defines its strategy and ``max_runs`` in place
+(``upsertTenantConcurrencyStrategy`` in pkg/repository/workflow.go).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +49,15 @@ from . import expressions
 from .errors import EngineError
 
 CANCELLED_BY_CONCURRENCY_LIMIT = "CANCELLED_BY_CONCURRENCY_LIMIT"
-STRATEGIES = frozenset({"GROUP_ROUND_ROBIN", "CANCEL_IN_PROGRESS", "CANCEL_NEWEST"})
+# the engine's validation order, as its error lists them
+STRATEGIES = (
+    "CANCEL_IN_PROGRESS",
+    "GROUP_ROUND_ROBIN",
+    "CANCEL_NEWEST",
+    "CANCEL_QUEUED_EXCEPT_NEWEST",
+    "CANCEL_QUEUED_EXCEPT_OLDEST",
+)
+_CANCEL_QUEUED = ("CANCEL_QUEUED_EXCEPT_NEWEST", "CANCEL_QUEUED_EXCEPT_OLDEST")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +65,45 @@ class ConcurrencyLimit:
     expression: str
     max_runs: int
     strategy: str
+    max_runs_expression: str = ""
+    name: str = ""
+    tenant_scoped: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise EngineError(
-                "UNIMPLEMENTED",
-                f"concurrency strategy {self.strategy} is not emulated "
-                f"(emulated: {', '.join(sorted(STRATEGIES))})",
-            )
-        if self.max_runs < 1:
+            raise EngineError("INVALID_ARGUMENT", strategy_refusal(self.strategy))
+        # an evaluated max_runs_expression may be 0; a static max_runs may not
+        if self.max_runs < (0 if self.max_runs_expression else 1):
             raise EngineError("INVALID_ARGUMENT", "a concurrency limit needs max_runs >= 1")
+        if self.tenant_scoped and not self.name.strip():
+            raise EngineError(
+                "INVALID_ARGUMENT", "tenant-scoped concurrency entries require a name"
+            )
         expressions.check(self.expression)
+        if self.max_runs_expression:
+            expressions.check(self.max_runs_expression)
+
+    def evaluated(self, variables: dict[str, Any]) -> ConcurrencyLimit:
+        """This limit as one holder sees it: its max-runs expression evaluated."""
+        if not self.max_runs_expression:
+            return self
+        value = expressions.evaluate(self.max_runs_expression, variables)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise EngineError(
+                "INVALID_ARGUMENT",
+                f"max_runs expression {self.max_runs_expression!r} gave {value!r}, "
+                "not a non-negative integer",
+            )
+        return dataclasses.replace(self, max_runs=value)
+
+
+def strategy_refusal(strategy: str) -> str:
+    """The engine's validation error for a strategy outside its ``oneof``."""
+    return (
+        "Validation failed with the following errors:\n"
+        "0: validation failed on field 'CreateConcurrencyOpts.LimitStrategy': "
+        f"on condition 'oneof' [ {' '.join(STRATEGIES)} ]: got {strategy}\n"
+    )
 
 
 class Holder(Protocol):
@@ -57,28 +117,61 @@ class Limiter:
     def __init__(self) -> None:
         self._held: defaultdict[str, list[Holder]] = defaultdict(list)  # slot key -> holders
         self._waiting: list[Holder] = []
+        self._observed: dict[str, int] = {}  # key -> its newest holder's evaluated max_runs
+        self._tenant: dict[str, ConcurrencyLimit] = {}  # tenant-scoped limits by name
 
     @staticmethod
     def keys(
         scope: str, limits: tuple[ConcurrencyLimit, ...], variables: dict[str, Any]
     ) -> tuple[tuple[str, ConcurrencyLimit], ...]:
-        """Each limit's slot key: the scope, which limit, and the expression's value."""
-        return tuple(
-            (f"{scope}#{index}={expressions.evaluate(limit.expression, variables)!r}", limit)
-            for index, limit in enumerate(limits)
-        )
+        """Each limit's slot key: the scope (the tenant's, for a tenant-scoped limit),
+        which limit, and the expression's value; with the limit as this holder sees it."""
+        slots = []
+        for index, limit in enumerate(limits):
+            value = expressions.evaluate(limit.expression, variables)
+            prefix = f"tenant:{limit.name}" if limit.tenant_scoped else f"{scope}#{index}"
+            slots.append((f"{prefix}={value!r}", limit.evaluated(variables)))
+        return tuple(slots)
+
+    def define(self, limits: Iterable[ConcurrencyLimit]) -> None:
+        """A registration's tenant-scoped limits replace the definitions of their names."""
+        for limit in limits:
+            if limit.tenant_scoped:
+                self._tenant[limit.name] = limit
+
+    def _rule(self, key: str, limit: ConcurrencyLimit) -> tuple[str, int]:
+        """A key's strategy and limit now: a tenant-scoped name's latest definition, and a
+        max-runs expression's newest observation."""
+        current = self._tenant.get(limit.name, limit) if limit.tenant_scoped else limit
+        if current.max_runs_expression and key in self._observed:
+            return current.strategy, self._observed[key]
+        return current.strategy, current.max_runs
 
     def arrive(self, holder: Holder) -> list[Holder]:
         """Queue a newcomer; returns the holders its strategies cancel (maybe itself)."""
         for key, limit in holder.slots:
-            if limit.strategy == "CANCEL_NEWEST" and len(self._held[key]) >= limit.max_runs:
+            if limit.max_runs_expression:  # holders arrive once each, in creation order
+                self._observed[key] = limit.max_runs
+        rules = [(key, *self._rule(key, limit)) for key, limit in holder.slots]
+        for key, strategy, max_runs in rules:
+            if strategy == "CANCEL_NEWEST" and len(self._held[key]) >= max_runs:
                 return [holder]
         victims: list[Holder] = []
-        for key, limit in holder.slots:
-            if limit.strategy == "CANCEL_IN_PROGRESS":
-                rivals = self._held[key] + [h for h in self._waiting if _holds(h, key)]
-                excess = len(rivals) + 1 - limit.max_runs
+        for key, strategy, max_runs in rules:
+            waiting = [h for h in self._waiting if _holds(h, key)]
+            if strategy == "CANCEL_IN_PROGRESS":
+                rivals = self._held[key] + waiting
+                excess = len(rivals) + 1 - max_runs
                 victims += [rival for rival in rivals[: max(excess, 0)] if rival not in victims]
+            elif strategy in _CANCEL_QUEUED:
+                # the oldest fill the free slots; the rest stay queued only up to max_runs
+                queued = [*waiting, holder][max(max_runs - len(self._held[key]), 0) :]
+                cancelled = (
+                    queued[: max(len(queued) - max_runs, 0)]
+                    if strategy == "CANCEL_QUEUED_EXCEPT_NEWEST"
+                    else queued[max_runs:]
+                )
+                victims += [h for h in cancelled if h not in victims]
         self._waiting.append(holder)
         return victims
 
@@ -86,7 +179,7 @@ class Limiter:
         """Give slots to the waiting holders whose every key has room, in arrival order."""
         admitted: list[Holder] = []
         for holder in list(self._waiting):
-            if all(len(self._held[key]) < limit.max_runs for key, limit in holder.slots):
+            if all(len(self._held[key]) < self._rule(key, limit)[1] for key, limit in holder.slots):
                 for key, _ in holder.slots:
                     self._held[key].append(holder)
                 holder.admitted = True
@@ -102,6 +195,8 @@ class Limiter:
                 self._held[key].remove(holder)
                 if not self._held[key]:
                     del self._held[key]
+            if key not in self._held and not any(_holds(h, key) for h in self._waiting):
+                self._observed.pop(key, None)  # as the engine prunes an empty sub-queue
 
 
 def _holds(holder: Holder, key: str) -> bool:

@@ -356,6 +356,9 @@ class Engine:
                 raise EngineError(
                     "INVALID_ARGUMENT", f"{task.readable_id}: unknown parents {missing}"
                 )
+        self._limiter.define(
+            [*spec.concurrency, *(limit for t in spec.tasks.values() for limit in t.concurrency)]
+        )
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
             spec = dataclasses.replace(spec, workflow_id=previous.workflow_id)
