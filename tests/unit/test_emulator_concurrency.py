@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from hatchway_local.hatchet_emulator.concurrency import ConcurrencyLimit, Limiter
+from hatchway_local.hatchet_emulator.concurrency import (
+    ConcurrencyLimit,
+    Limiter,
+    check_tenant_chains,
+)
 from hatchway_local.hatchet_emulator.errors import EngineError
 
 
@@ -220,3 +224,27 @@ def test_tenant_scoped_limits_share_keys_across_workflows_and_update_in_place() 
 def test_a_tenant_scoped_limit_needs_a_name() -> None:
     with pytest.raises(EngineError, match="require a name"):
         ConcurrencyLimit("input.group", 1, RR, tenant_scoped=True)
+
+
+def shared(name: str) -> ConcurrencyLimit:
+    return ConcurrencyLimit("input.group", 1, RR, name=name, tenant_scoped=True)
+
+
+def test_chains_ordering_tenant_scoped_limits_inconsistently_are_refused() -> None:
+    one, two, three = shared("one"), shared("two"), shared("three")
+    check_tenant_chains("wf", (), {"a": (one, two)}, [["one", "two"], ["two", "three"]])
+    with pytest.raises(EngineError, match="ordered inconsistently") as refused:
+        # this workflow says three before one; the others say one < two < three
+        check_tenant_chains("wf", (), {"a": (three, one)}, [["one", "two"], ["two", "three"]])
+    assert refused.value.code == "UNKNOWN"  # a plain error on the engine
+
+
+def test_a_step_naming_a_tenant_scoped_limit_twice_is_refused() -> None:
+    with pytest.raises(EngineError, match="referenced more than once"):
+        check_tenant_chains("wf", (), {"a": (shared("one"), shared("one"))}, [])
+
+
+def test_a_workflow_level_tenant_scoped_limit_needs_a_single_task() -> None:
+    check_tenant_chains("wf", (shared("one"),), {"a": (shared("one"),)}, [])
+    with pytest.raises(EngineError, match="not supported at the workflow level"):
+        check_tenant_chains("wf", (shared("one"),), {"a": (), "b": ()}, [])

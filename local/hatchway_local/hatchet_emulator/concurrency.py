@@ -34,7 +34,12 @@ key's failure (``evalMaxRunsExpression`` in pkg/repository).
 A tenant-scoped limit (``is_tenant_scoped`` with a ``name``) is one limit for the
 tenant: every holder declaring that name, in any workflow, shares its keys, and the
 latest registration defines its strategy and ``max_runs`` in place
-(``upsertTenantConcurrencyStrategy`` in pkg/repository/workflow.go).
+(``upsertTenantConcurrencyStrategy`` in pkg/repository/workflow.go). Registration
+refuses, as ``PutWorkflowVersion`` there does (a plain error: gRPC UNKNOWN), a step
+naming one twice, a workflow-level one on a workflow of several tasks (the emulator
+has no DAG operator), and chains that order two tenant-scoped names inconsistently
+across the tenant's workflows (``checkTenantConcurrencyOrdering``: a cycle could
+deadlock holders that keep one slot while waiting for the next).
 """
 
 from __future__ import annotations
@@ -104,6 +109,77 @@ def strategy_refusal(strategy: str) -> str:
         "0: validation failed on field 'CreateConcurrencyOpts.LimitStrategy': "
         f"on condition 'oneof' [ {' '.join(STRATEGIES)} ]: got {strategy}\n"
     )
+
+
+def check_tenant_chains(
+    workflow: str,
+    workflow_limits: tuple[ConcurrencyLimit, ...],
+    task_limits: dict[str, tuple[ConcurrencyLimit, ...]],
+    others: list[list[str]],
+) -> None:
+    """Refuse what registration refuses of tenant-scoped limits; ``others`` are the chains
+    (tenant-scoped names in order) of the tenant's other workflows' tasks."""
+    if len(task_limits) > 1:
+        for limit in workflow_limits:
+            if limit.tenant_scoped:
+                raise EngineError(
+                    "UNKNOWN",
+                    f"tenant-scoped concurrency (name {limit.name}) is not supported at the "
+                    "workflow level unless the workflow is a single task or uses the DAG "
+                    "operator",
+                )
+    edges: dict[str, dict[str, str]] = defaultdict(dict)  # a -> b -> the chain ordering them
+    for label, names in [
+        *(
+            (f"task {task} of workflow {workflow}", tenant_chain(limits))
+            for task, limits in task_limits.items()
+        ),
+        *((f"a step of workflow {index}", names) for index, names in enumerate(others)),
+    ]:
+        if len(set(names)) < len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise EngineError(
+                "UNKNOWN",
+                f"tenant-scoped concurrency strategy {twice} is referenced more than once "
+                f"by {label}",
+            )
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                edges[first].setdefault(second, label)
+    cycle = _cycle(edges)
+    if cycle is not None:
+        first, second = cycle
+        raise EngineError(
+            "UNKNOWN",
+            f"tenant-scoped concurrency strategies {first} and {second} are ordered "
+            f"inconsistently across concurrency chains ({edges[first][second]} orders {first} "
+            f"before {second}, which conflicts with the ordering elsewhere); chains sharing "
+            "tenant-scoped strategies must order them consistently to avoid deadlocks",
+        )
+
+
+def tenant_chain(limits: tuple[ConcurrencyLimit, ...]) -> list[str]:
+    return [limit.name for limit in limits if limit.tenant_scoped]
+
+
+def _cycle(edges: dict[str, dict[str, str]]) -> tuple[str, str] | None:
+    """An edge closing a cycle of the precedence graph, if it has one."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str) -> tuple[str, str] | None:
+        state[node] = 1
+        for successor in edges.get(node, {}):
+            if state.get(successor) == 1:
+                return node, successor
+            if successor not in state and (found := visit(successor)) is not None:
+                return found
+        state[node] = 2
+        return None
+
+    for node in list(edges):
+        if node not in state and (found := visit(node)) is not None:
+            return found
+    return None
 
 
 class Holder(Protocol):

@@ -42,7 +42,13 @@ from typing import Any
 from hatchway.observability import logger
 
 from . import affinity, batches, conditions, rate_limits
-from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
+from .concurrency import (
+    CANCELLED_BY_CONCURRENCY_LIMIT,
+    ConcurrencyLimit,
+    Limiter,
+    check_tenant_chains,
+    tenant_chain,
+)
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
 from .idempotency import IdempotencyCollisionError, IdempotencyConfig, IdempotencyKeys, request_for
@@ -356,6 +362,23 @@ class Engine:
                 raise EngineError(
                     "INVALID_ARGUMENT", f"{task.readable_id}: unknown parents {missing}"
                 )
+        # a single-task workflow's limits are its task's on the engine
+        check_tenant_chains(
+            spec.name,
+            spec.concurrency,
+            {
+                name: (*(spec.concurrency if len(spec.tasks) == 1 else ()), *task.concurrency)
+                for name, task in spec.tasks.items()
+            },
+            [
+                tenant_chain(
+                    (*(other.concurrency if len(other.tasks) == 1 else ()), *t.concurrency)
+                )
+                for other in self.workflows.values()
+                if other.name != spec.name
+                for t in other.tasks.values()
+            ],
+        )
         self._limiter.define(
             [*spec.concurrency, *(limit for t in spec.tasks.values() for limit in t.concurrency)]
         )
