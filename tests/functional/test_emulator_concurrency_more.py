@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import grpc
 import pytest
@@ -162,3 +163,49 @@ async def test_the_deprecated_strategies_fail_the_engines_validation(
     assert f"got {strategy}" in details
     with pytest.raises(grpc.RpcError):  # and nothing of it was registered
         await start(hatchet, name)
+
+
+async def test_a_max_runs_expression_the_input_cannot_satisfy_fails_the_task(
+    hatchet: Hatchet,
+) -> None:
+    run_id = await start(hatchet, "t-conc-dynamic", {"group": "X"})  # no tier
+
+    with pytest.raises(FailedTaskRunExceptionGroup) as failed:
+        await result_of(hatchet, run_id)
+    assert "input.tier == 'premium' ? 2 : 1" in str(failed.value.exceptions[0])
+    assert (await hatchet.runs.aio_get(run_id)).run.status == V1TaskStatus.FAILED
+
+
+async def test_workflows_ordering_tenant_scoped_limits_inconsistently_are_refused(
+    hatchet: Hatchet,
+) -> None:
+    def chain(name: str, *limits: str) -> Any:
+        workflow = hatchet.workflow(name=name)
+
+        @workflow.task(
+            concurrency=[
+                ConcurrencyExpression(
+                    expression="'all'",
+                    max_runs=1,
+                    limit_strategy=ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN,
+                    name=limit,
+                    is_tenant_scoped=True,
+                )
+                for limit in limits
+            ]
+        )
+        async def step(_input: EmptyModel, _ctx: Context) -> None:
+            return None
+
+        return workflow.to_proto()
+
+    await hatchet._client.admin.aio_put_workflow(chain("t-conc-chain-ab", "t-first", "t-second"))
+    with pytest.raises(grpc.RpcError) as refused:
+        await hatchet._client.admin.aio_put_workflow(
+            chain("t-conc-chain-ba", "t-second", "t-first")
+        )
+
+    assert refused.value.code() == grpc.StatusCode.UNKNOWN
+    assert "ordered inconsistently" in (refused.value.details() or "")
+    with pytest.raises(grpc.RpcError):  # and nothing of it was registered
+        await start(hatchet, "t-conc-chain-ba")
