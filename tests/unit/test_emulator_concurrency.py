@@ -22,6 +22,7 @@ class Holder:
     label: str
     slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()
     admitted: bool = False
+    arrival: int = 0
 
 
 def holder(label: str, limits: tuple[ConcurrencyLimit, ...], **input_: object) -> Holder:
@@ -248,3 +249,17 @@ def test_a_workflow_level_tenant_scoped_limit_needs_a_single_task() -> None:
     check_tenant_chains("wf", (shared("one"),), {"a": (shared("one"),)}, [])
     with pytest.raises(EngineError, match="not supported at the workflow level"):
         check_tenant_chains("wf", (shared("one"),), {"a": (), "b": ()}, [])
+
+
+def test_a_replayed_older_holder_does_not_regress_a_newer_holders_limit() -> None:
+    limit = ConcurrencyLimit("input.group", 1, RR, max_runs_expression="input.n")
+    limiter = Limiter()
+    older = holder("older", (limit,), group="g", n=5)
+    newer, third = (holder(x, (limit,), group="g", n=2) for x in ("newer", "third"))
+    arrive_all(limiter, [older, newer, third])
+    limiter.release(older)
+    limiter.admit()
+    assert third.admitted
+    older.admitted = False
+    arrive_all(limiter, [older])  # replayed: it arrives again with its old value of 5
+    assert not older.admitted  # the limit stayed the newer holders' 2

@@ -45,6 +45,7 @@ deadlock holders that keep one slot while waiting for the next).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -187,13 +188,16 @@ class Holder(Protocol):
 
     slots: tuple[tuple[str, ConcurrencyLimit], ...]
     admitted: bool
+    arrival: int  # 0 until it first arrives; kept through replays, as the engine's timestamp
 
 
 class Limiter:
     def __init__(self) -> None:
         self._held: defaultdict[str, list[Holder]] = defaultdict(list)  # slot key -> holders
         self._waiting: list[Holder] = []
-        self._observed: dict[str, int] = {}  # key -> its newest holder's evaluated max_runs
+        # key -> (its newest holder's evaluated max_runs, that holder's arrival)
+        self._observed: dict[str, tuple[int, int]] = {}
+        self._arrivals = itertools.count(1)
         self._tenant: dict[str, ConcurrencyLimit] = {}  # tenant-scoped limits by name
 
     @staticmethod
@@ -220,14 +224,17 @@ class Limiter:
         max-runs expression's newest observation."""
         current = self._tenant.get(limit.name, limit) if limit.tenant_scoped else limit
         if current.max_runs_expression and key in self._observed:
-            return current.strategy, self._observed[key]
+            return current.strategy, self._observed[key][0]
         return current.strategy, current.max_runs
 
     def arrive(self, holder: Holder) -> list[Holder]:
         """Queue a newcomer; returns the holders its strategies cancel (maybe itself)."""
+        if not holder.arrival:
+            holder.arrival = next(self._arrivals)
         for key, limit in holder.slots:
-            if limit.max_runs_expression:  # holders arrive once each, in creation order
-                self._observed[key] = limit.max_runs
+            # a replayed older holder does not regress the limit a newer one set
+            if limit.max_runs_expression and holder.arrival >= self._observed.get(key, (0, 0))[1]:
+                self._observed[key] = (limit.max_runs, holder.arrival)
         rules = [(key, *self._rule(key, limit)) for key, limit in holder.slots]
         for key, strategy, max_runs in rules:
             if strategy == "CANCEL_NEWEST" and len(self._held[key]) >= max_runs:

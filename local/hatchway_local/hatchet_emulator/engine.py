@@ -152,6 +152,7 @@ class TaskRun:
     next_stream_index: int = 0
     slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its task-level concurrency keys
     admitted: bool = True  # holds a slot of each key (or has no limits)
+    arrival: int = 0  # its order among the limiter's holders (kept through replays)
     waiting: bool = False  # its parents completed; it waits for its conditions
     met: set[int] = field(default_factory=set)  # indexes of the conditions met so far
     trigger_data: dict[str, Any] = field(default_factory=dict)  # what met them, by data key
@@ -211,6 +212,7 @@ class WorkflowRun:
     cancel_reason: str | None = None  # set when the whole run was cancelled
     slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its workflow-level concurrency keys
     admitted: bool = True  # holds a slot of each key (or has no limits)
+    arrival: int = 0  # its order among the limiter's holders
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
