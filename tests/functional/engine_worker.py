@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from hatchway.payloads import Payloads
 from hatchway_local.demo.workflows import build_demo_workflows
 from tests.functional.batch_workflows import build_batch_workflows
+from tests.functional.concurrency_workflows import build_concurrency_workflows
 from tests.functional.durable_workflows import build_durable_workflows
 from tests.functional.rate_limit_workflows import build_rate_limit_workflows
 from tests.functional.rest_workflows import build_rest_workflows
@@ -385,6 +386,7 @@ def main() -> None:
             *build_durable_workflows(hatchet),
             *build_rate_limit_workflows(hatchet),
             *build_webhook_workflows(hatchet),
+            *build_concurrency_workflows(hatchet),
         ],
     )
     worker.start()

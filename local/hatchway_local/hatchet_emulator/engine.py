@@ -42,7 +42,13 @@ from typing import Any
 from hatchway.observability import logger
 
 from . import affinity, batches, conditions, rate_limits
-from .concurrency import CANCELLED_BY_CONCURRENCY_LIMIT, ConcurrencyLimit, Limiter
+from .concurrency import (
+    CANCELLED_BY_CONCURRENCY_LIMIT,
+    ConcurrencyLimit,
+    Limiter,
+    check_tenant_chains,
+    tenant_chain,
+)
 from .errors import EngineError
 from .event_filters import EventFilter, PushedEvent, decisions, key_matches
 from .idempotency import IdempotencyCollisionError, IdempotencyConfig, IdempotencyKeys, request_for
@@ -146,6 +152,7 @@ class TaskRun:
     next_stream_index: int = 0
     slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its task-level concurrency keys
     admitted: bool = True  # holds a slot of each key (or has no limits)
+    arrival: int = 0  # its order among the limiter's holders (kept through replays)
     waiting: bool = False  # its parents completed; it waits for its conditions
     met: set[int] = field(default_factory=set)  # indexes of the conditions met so far
     trigger_data: dict[str, Any] = field(default_factory=dict)  # what met them, by data key
@@ -205,6 +212,7 @@ class WorkflowRun:
     cancel_reason: str | None = None  # set when the whole run was cancelled
     slots: tuple[tuple[str, ConcurrencyLimit], ...] = ()  # its workflow-level concurrency keys
     admitted: bool = True  # holds a slot of each key (or has no limits)
+    arrival: int = 0  # its order among the limiter's holders
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -356,6 +364,26 @@ class Engine:
                 raise EngineError(
                     "INVALID_ARGUMENT", f"{task.readable_id}: unknown parents {missing}"
                 )
+        # a single-task workflow's limits are its task's on the engine
+        check_tenant_chains(
+            spec.name,
+            spec.concurrency,
+            {
+                name: (*(spec.concurrency if len(spec.tasks) == 1 else ()), *task.concurrency)
+                for name, task in spec.tasks.items()
+            },
+            [
+                tenant_chain(
+                    (*(other.concurrency if len(other.tasks) == 1 else ()), *t.concurrency)
+                )
+                for other in self.workflows.values()
+                if other.name != spec.name
+                for t in other.tasks.values()
+            ],
+        )
+        self._limiter.define(
+            [*spec.concurrency, *(limit for t in spec.tasks.values() for limit in t.concurrency)]
+        )
         previous = self.workflows.get(spec.name)
         if previous is not None:  # same workflow id across versions, as the engine keeps it
             spec = dataclasses.replace(spec, workflow_id=previous.workflow_id)

@@ -770,26 +770,17 @@ def _limits(messages: Any) -> tuple[ConcurrencyLimit, ...]:
             expression=message.expression,
             max_runs=_optional(message, "max_runs") or 1,
             strategy=contracts.enum_name("v1.ConcurrencyLimitStrategy", message.limit_strategy),
+            max_runs_expression=_optional(message, "max_runs_expression") or "",
+            name=_optional(message, "name") or "",
+            tenant_scoped=bool(_optional(message, "is_tenant_scoped")),
         )
         for message in messages
     )
 
 
 # What the emulator does not carry out, as (feature, test on the request or on a task).
-_UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = (
-    (
-        "concurrency limits scoped to the tenant or with a max_runs expression",
-        lambda w: any(
-            c.is_tenant_scoped or c.max_runs_expression
-            for c in [*w.concurrency_arr, *([w.concurrency] if w.HasField("concurrency") else [])]
-        ),
-    ),
-)
+_UNEMULATED_WORKFLOW: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
 _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
-    (
-        "concurrency limits scoped to the tenant or with a max_runs expression",
-        lambda t: any(c.is_tenant_scoped or c.max_runs_expression for c in t.concurrency),
-    ),
     (
         "user-event conditions with consider_events_since",
         lambda t: any(
