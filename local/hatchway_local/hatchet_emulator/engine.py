@@ -564,6 +564,7 @@ class Engine:
                 self._stop_waiting(task)
                 self._create(task, Status.CANCELLED, reason)
         self._settle(run)  # tasks not created yet follow their cancelled parents
+        self._dispatch()  # the units its tasks held are free for queued tasks
         return cancelled
 
     def cancel_tasks(self, external_ids: list[str]) -> list[str]:
