@@ -140,7 +140,7 @@ async def test_a_batch_takes_one_slot_and_a_key_runs_max_runs_batches_at_once(
     batch_slots = [s for s in worker.running if s.startswith("batch:")]
     assert len(batch_slots) == 2  # a batch of three holds one slot
     assert not {t.external_id for b in emulator.engine.batches.active.values() for t in b.tasks} & (
-        worker.running
+        worker.running.keys()
     )
 
     results = outputs([await result_of(hatchet, r) for r in run_ids], "t-batch-slow")

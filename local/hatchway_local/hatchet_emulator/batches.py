@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from hatchway.observability import logger
 
-from . import contracts, expressions
+from . import contracts, expressions, worker_slots
 from . import engine as core  # a cycle: engine.py imports this module; names are read at call time
 from .errors import EngineError
 
@@ -207,14 +207,14 @@ class Batches:
         self.active.pop(batch.batch_id, None)
         worker = self._engine.workers.get(batch.worker_id)
         if worker is not None:
-            worker.running.discard(batch.slot)
+            worker.free(batch.slot)
         if self._buffered:
             self._arm()
 
     def worker_lost(self, worker: core.Worker) -> None:
         """A worker was removed: the tasks of its batches go back to the queue."""
         for slot in [s for s in worker.running if s.startswith(_SLOT_PREFIX)]:
-            worker.running.discard(slot)
+            worker.free(slot)
             batch = self.active.get(slot.removeprefix(_SLOT_PREFIX))
             for task in list(batch.members) if batch is not None else []:
                 if not task.status.is_final:
@@ -312,7 +312,7 @@ class Batches:
         engine = self._engine
         tasks, rest = group.buffer[:count], group.buffer[count:]
         group.deadline = asyncio.get_running_loop().time() + config.max_interval_ms / 1000
-        worker = engine._choose_worker(tasks[0])
+        worker = engine._choose_worker(tasks[0], worker_slots.DEFAULT_REQUEST)
         running = sum(1 for b in self.active.values() if b.step == step and b.key == group.key)
         if worker is None or (config.max_runs > 0 and group.key and running >= config.max_runs):
             return False  # they stay at the front, for the next deadline
@@ -327,7 +327,7 @@ class Batches:
             triggered_at=core.utcnow(),
         )
         self.active[batch.batch_id] = batch
-        worker.running.add(batch.slot)
+        worker.hold(batch.slot, worker_slots.DEFAULT_REQUEST)
         for task in tasks:
             self._buffered.discard(task)
             batch.members.add(task)

@@ -41,7 +41,7 @@ from typing import Any
 
 from hatchway.observability import logger
 
-from . import affinity, batches, conditions, rate_limits
+from . import affinity, batches, conditions, rate_limits, worker_slots
 from .concurrency import (
     CANCELLED_BY_CONCURRENCY_LIMIT,
     ConcurrencyLimit,
@@ -106,6 +106,7 @@ class TaskSpec:
     worker_labels: tuple[affinity.DesiredLabel, ...] = ()  # the workers it wants (affinity.py)
     batch: batches.BatchConfig | None = None  # a batch task: batches.py buffers and flushes it
     rate_limits: tuple[rate_limits.RateLimitSpec, ...] = ()  # keys it consumes (rate_limits.py)
+    slot_requests: worker_slots.Units = worker_slots.DEFAULT_REQUEST  # units held (worker_slots.py)
 
     @property
     def timeout_s(self) -> float | None:
@@ -268,22 +269,33 @@ class Worker:
     worker_id: str
     name: str
     actions: frozenset[str]
-    slots: int
+    slot_config: dict[str, int]  # units per slot type (worker_slots.py)
     last_seen: float
     assignments: asyncio.Queue[Assignment] = field(default_factory=asyncio.Queue)
-    running: set[str] = field(default_factory=set)  # task external ids holding a slot
+    # what holds its units: task external ids (and batches' ids), with the units held
+    running: dict[str, worker_slots.Units] = field(default_factory=dict)
     listeners: int = 0
     paused: bool = False
     registered_at: datetime = field(default_factory=utcnow)
     labels: dict[str, affinity.Label] = field(default_factory=dict)
 
-    def can_take(self, action: str) -> bool:
+    def can_take(self, action: str, requests: worker_slots.Units) -> bool:
         return (
             self.listeners > 0
             and not self.paused
             and action in self.actions
-            and len(self.running) < self.slots
+            and worker_slots.fits(self.slot_config, self.running.values(), requests)
         )
+
+    def available(self, slot_type: str) -> int:
+        """Its free units of one slot type (the REST API's ``available``)."""
+        return worker_slots.available(self.slot_config, self.running.values(), slot_type)
+
+    def hold(self, holder: str, units: worker_slots.Units) -> None:
+        self.running[holder] = units
+
+    def free(self, holder: str) -> None:
+        self.running.pop(holder, None)
 
 
 @dataclass(slots=True)
@@ -596,6 +608,7 @@ class Engine:
                 self._stop_waiting(task)
                 self._create(task, Status.CANCELLED, reason)
         self._settle(run)  # tasks not created yet follow their cancelled parents
+        self._dispatch()  # the units its tasks held are free for queued tasks
         return cancelled
 
     def cancel_tasks(self, external_ids: list[str]) -> list[str]:
@@ -613,12 +626,20 @@ class Engine:
 
     # -- workers -----------------------------------------------------------------------
 
-    def register_worker(self, name: str, actions: list[str], slots: int) -> Worker:
+    def register_worker(
+        self,
+        name: str,
+        actions: list[str],
+        slots: int | None = None,
+        slot_config: dict[str, int] | None = None,
+    ) -> Worker:
+        """A worker with ``slot_config`` (units per slot type) or the deprecated ``slots``
+        (that many default units); neither: 100 default units (worker_slots.py)."""
         worker = Worker(
             worker_id=str(uuid.uuid4()),
             name=name,
             actions=frozenset(actions),
-            slots=max(slots, 1),
+            slot_config=_slot_config(slots, slot_config),
             last_seen=self._now(),
         )
         self.workers[worker.worker_id] = worker
@@ -768,7 +789,7 @@ class Engine:
     def release_slot(self, external_id: str) -> None:
         task = self.tasks.get(external_id)
         if task is not None and task.worker_id in self.workers:
-            self.workers[task.worker_id].running.discard(external_id)
+            self.workers[task.worker_id].free(external_id)
             self._dispatch()
 
     def put_stream(self, external_id: str, message: bytes, event_index: int | None) -> None:
@@ -1200,7 +1221,7 @@ class Engine:
             self.rate_limits.consume(task)  # only an assignment takes the units
             task.status = Status.ASSIGNED
             task.worker_id = worker.worker_id
-            worker.running.add(task.external_id)
+            worker.hold(task.external_id, task.spec.slot_requests)
             if task.schedule_handle is not None:
                 task.schedule_handle.cancel()
                 task.schedule_handle = None
@@ -1210,15 +1231,19 @@ class Engine:
             worker.assignments.put_nowait(Assignment("START_STEP_RUN", task))
         self._queue = waiting
 
-    def _choose_worker(self, task: TaskRun) -> Worker | None:
-        """A free worker for the task, by its desired labels or its run's sticky worker."""
+    def _choose_worker(
+        self, task: TaskRun, requests: worker_slots.Units | None = None
+    ) -> Worker | None:
+        """A worker with the units the task asks (or ``requests``) free, by its desired
+        labels or its run's sticky worker."""
+        asked = task.spec.slot_requests if requests is None else requests
         run = task.run
         desired_worker = run.desired_worker_id
         for parent in task.spec.parents:  # a DAG task wants the worker of its first parent
             desired_worker = run.tasks[parent].worker_id or desired_worker
             break
         return affinity.choose(
-            (w for w in self.workers.values() if w.can_take(task.spec.action)),
+            (w for w in self.workers.values() if w.can_take(task.spec.action, asked)),
             desired=run.desired_labels or task.spec.worker_labels,
             sticky=run.workflow.sticky,
             desired_worker_id=desired_worker,
@@ -1426,7 +1451,7 @@ class Engine:
         self._clear_timers(task)
         worker = self.workers.get(task.worker_id or "")
         if worker is not None:
-            worker.running.discard(task.external_id)
+            worker.free(task.external_id)
         self.batches.released(task)
 
     def _send_cancel(self, task: TaskRun) -> None:
@@ -1456,6 +1481,17 @@ class Engine:
         )
         run.done.set()
         logger.debug("run finished", run_id=run.run_id, status=status.value)
+
+
+def _slot_config(count: int | None, config: dict[str, int] | None) -> dict[str, int]:
+    if count is not None and config:
+        raise EngineError(  # the engine's words
+            "INVALID_ARGUMENT",
+            "either slot_config or slots (deprecated) must be provided, not both",
+        )
+    if count is not None:
+        return {worker_slots.DEFAULT: count}
+    return dict(config) if config else {worker_slots.DEFAULT: worker_slots.DEFAULT_WORKER_UNITS}
 
 
 def _key_variables(run: WorkflowRun) -> dict[str, Any]:

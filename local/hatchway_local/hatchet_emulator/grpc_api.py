@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from hatchway.observability import logger
 
-from . import affinity, batches, contracts
+from . import affinity, batches, contracts, worker_slots
 from .concurrency import ConcurrencyLimit
 from .conditions import Condition
 from .durable import state_for as durable_state
@@ -233,8 +233,12 @@ class HatchetServices:
         return self._m("GetVersionResponse")(version=ENGINE_VERSION)
 
     async def register(self, request: Any, _context: grpc.aio.ServicerContext) -> Any:
-        slots = _optional(request, "slots") or sum(request.slot_config.values()) or 100
-        worker = self.engine.register_worker(request.worker_name, list(request.actions), slots)
+        worker = self.engine.register_worker(
+            request.worker_name,
+            list(request.actions),
+            slots=_optional(request, "slots"),
+            slot_config=dict(request.slot_config),
+        )
         labels = affinity.labels_from_proto(request.labels)
         self.engine.upsert_worker_labels(worker.worker_id, labels)
         return self._m("WorkerRegisterResponse")(
@@ -718,6 +722,7 @@ def _task_spec(task: Any, *, on_failure: bool = False) -> TaskSpec:
         worker_labels=affinity.desired_from_proto(task.worker_labels),
         batch=batches.BatchConfig.from_proto(task.batch) if task.HasField("batch") else None,
         rate_limits=tuple(_rate_limit(r) for r in task.rate_limits),
+        slot_requests=worker_slots.requests(task.slot_requests, durable=task.is_durable),
     )
 
 
@@ -785,12 +790,6 @@ _UNEMULATED_TASK: tuple[tuple[str, Callable[[Any], bool]], ...] = (
         "user-event conditions with consider_events_since",
         lambda t: any(
             c.HasField("consider_events_since") for c in t.conditions.user_event_conditions
-        ),
-    ),
-    (
-        "slot requests other than one default slot (one durable slot for a durable task)",
-        lambda t: (
-            dict(t.slot_requests) not in ({}, {"durable": 1} if t.is_durable else {"default": 1})
         ),
     ),
 )

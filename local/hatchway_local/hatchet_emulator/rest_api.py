@@ -670,8 +670,9 @@ def _worker(worker: Worker) -> dict[str, Any]:
         "status": status,
         "actions": sorted(worker.actions),
         "lastHeartbeatAt": (utcnow() - timedelta(seconds=silent_s)).isoformat(),
-        "slotConfig": {
-            "default": {"limit": worker.slots, "available": worker.slots - len(worker.running)}
+        "slotConfig": {  # per slot type (buildWorkerSlotConfig)
+            slot_type: {"limit": limit, "available": worker.available(slot_type)}
+            for slot_type, limit in worker.slot_config.items()
         },
         "labels": affinity.rest_labels(worker, registered),
     }
