@@ -28,7 +28,7 @@ from hatchet_sdk.exceptions import FailedTaskRunExceptionGroup
 
 from hatchway_local.hatchet_emulator.engine import Status
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
-from tests.functional.test_hatchet_emulator import result_of, start
+from tests.functional.test_hatchet_emulator import cancelled_by_the_limit, result_of, start
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -50,16 +50,6 @@ async def span(hatchet: Hatchet, run_id: str) -> tuple[datetime, datetime]:
     starts = [t.started_at for t in tasks if t.started_at is not None]
     ends = [t.finished_at for t in tasks if t.finished_at is not None]
     return min(starts), max(ends)
-
-
-async def cancelled_by_the_limit(hatchet: Hatchet, run_id: str) -> bool:
-    with pytest.raises(FailedTaskRunExceptionGroup) as cancelled:
-        await result_of(hatchet, run_id)
-    status = (await hatchet.runs.aio_get(run_id)).run.status
-    return (
-        "CANCELLED_BY_CONCURRENCY_LIMIT" in str(cancelled.value.exceptions[0])
-        and status == V1TaskStatus.CANCELLED
-    )
 
 
 async def queue_behind_a_runner(

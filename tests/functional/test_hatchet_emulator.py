@@ -94,6 +94,20 @@ async def result_of(hatchet: Hatchet, run_id: str) -> Any:
     return await hatchet.runs.get_run_ref(run_id).aio_result()
 
 
+async def cancelled_by_the_limit(hatchet: Hatchet, run_id: str) -> bool:
+    """A run a concurrency limit cancelled: its result has no output (the engine sends a
+    cancelled task no error, so aio_result does not raise), REST says CANCELLED, and its
+    task events say why."""
+    result = await result_of(hatchet, run_id)
+    details = await hatchet.runs.aio_get(run_id)
+    reasons = [e.message for e in details.task_events if e.event_type.value == "CANCELLED"]
+    return (
+        result == {}
+        and details.run.status == V1TaskStatus.CANCELLED
+        and any("CANCELLED_BY_CONCURRENCY_LIMIT" in r for r in reasons)
+    )
+
+
 async def test_early_subscriber_receives_the_whole_text_in_order(
     hatchet: Hatchet, emulator: HatchetEmulator
 ) -> None:

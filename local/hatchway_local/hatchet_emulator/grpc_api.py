@@ -496,8 +496,11 @@ class HatchetServices:
                 result.output = task.output or ""
             elif task.failed:
                 result.error = task.error or ""
-            elif task.status is Status.CANCELLED:  # a failure's dependent has no error of its own
-                result.error = task.cancel_reason or ""
+            elif task.status is Status.CANCELLED:
+                # the engine's cancelled output events carry no message, so a cancelled task
+                # answers an empty error, which the SDK's aio_result does not raise for
+                # (NewCancelledTaskOutputEvent in pkg/repository/output.go; the dispatcher)
+                result.error = ""
         return event
 
     # -- events ------------------------------------------------------------------------
