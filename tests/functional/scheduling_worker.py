@@ -6,24 +6,19 @@ HATCHET_CLIENT_* settings in its environment."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from hatchet_sdk import Hatchet
 
 from hatchway_local.hatchet_emulator.engine import Worker
 from hatchway_local.hatchet_emulator.server import HatchetEmulator
-from tests.conftest import REPO_ROOT, stop_process_group
 from tests.functional.scheduling_workflows import (
     SIDE_LABELS,
     SIDE_WORKER_NAME,
     build_scheduling_workflows,
 )
+from tests.functional.side_workers import worker_process
 
 
 def main() -> None:
@@ -38,40 +33,11 @@ def main() -> None:
     worker.start()
 
 
-def start(settings: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """This worker in its own process (as conftest.start_worker starts the main one)."""
-    env = {**os.environ, **settings, "PYTHONPATH": str(REPO_ROOT)}
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tests.functional.scheduling_worker"],
-            env=env,
-            cwd=log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-async def running(emulator: HatchetEmulator, timeout_s: float = 30.0) -> Worker:
-    """The side worker once it listens (as conftest.wait_for_worker waits for the main one)."""
-
-    async def listening() -> Worker:
-        while True:
-            for worker in emulator.engine.workers.values():
-                if worker.name == SIDE_WORKER_NAME and worker.listeners:
-                    return worker
-            await asyncio.sleep(0.05)
-
-    return await asyncio.wait_for(listening(), timeout_s)
-
-
-@contextlib.asynccontextmanager
-async def side_worker(emulator: HatchetEmulator, log_path: Path) -> AsyncIterator[Worker]:
-    process = start(emulator.settings(), log_path)
-    try:
-        yield await running(emulator)
-    finally:
-        await asyncio.to_thread(stop_process_group, process)
+def side_worker(emulator: HatchetEmulator, log_path: Path) -> AbstractAsyncContextManager[Worker]:
+    """This worker, once it listens."""
+    return worker_process(
+        emulator, "tests.functional.scheduling_worker", SIDE_WORKER_NAME, log_path
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from cronsim import CronSim, CronSimError
 
 from hatchway.observability import logger
 
+from .engine import utcnow
 from .errors import EngineError
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ def check_cron(expression: str) -> None:
         CronSim(expression, datetime.now(UTC))
     except CronSimError as error:
         raise EngineError("INVALID_ARGUMENT", f"invalid cron expression {expression!r}") from error
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(eq=False, slots=True)

@@ -42,18 +42,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import celpy
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from celpy.adapter import json_to_cel
-from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError
 
 from hatchway.observability import logger
 
-from . import rest_api
+from . import expressions, rest_api
 from .durable import state_for as durable_state
 from .engine import Engine, utcnow
+from .errors import EngineError
 
 SOURCE_NAMES = frozenset({"GENERIC", "GITHUB", "STRIPE", "SLACK", "LINEAR", "SVIX"})
 _ALGORITHMS: dict[str, Callable[[], Any]] = {
@@ -545,12 +542,6 @@ def _payload(webhook: Webhook, body: bytes, request: web.Request) -> dict[str, A
     return payload | (webhook.static_payload or {})  # the static payload wins
 
 
-@functools.cache
-def _program(expression: str) -> celpy.Runner:
-    environment = celpy.Environment()
-    return environment.program(environment.compile(expression))
-
-
 class ExpressionError(Exception):
     def __init__(self, message: str, *, not_a_string: bool = False) -> None:
         super().__init__(message)
@@ -559,17 +550,13 @@ class ExpressionError(Exception):
 
 def _evaluate(expression: str, payload: dict[str, Any], headers: dict[str, str]) -> str:
     try:
-        value = _program(expression).evaluate(
-            {"input": json_to_cel(payload), "headers": json_to_cel(headers)}
-        )
-    except (CELParseError, CELEvalError) as error:
+        value = expressions.evaluate(expression, {"input": payload, "headers": headers})
+    except EngineError as error:  # it does not parse, or fails
         raise ExpressionError(str(error)) from error
-    if isinstance(value, CELEvalError):
-        raise ExpressionError(str(value))
-    if not isinstance(value, str):  # celpy may hand back a plain str
+    if not isinstance(value, str):
         message = f"expression did not evaluate to a string: got {type(value).__name__}"
         raise ExpressionError(message, not_a_string=True)
-    return str(value)
+    return value
 
 
 def _key_and_scope(
